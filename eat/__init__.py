@@ -1,0 +1,20 @@
+"""eat: EAT-style self-supervised audio pretraining in plain PyTorch.
+
+The top level keeps imports light: ``eat.load_encoder`` and ``eat.load_classifier`` are resolved lazily
+from :mod:`eat.export` on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["load_classifier", "load_encoder", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load_encoder", "load_classifier"):
+        from eat import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'eat' has no attribute {name!r}")
