@@ -1,0 +1,285 @@
+"""EAT pretraining model: student encoder, CNN decoder, EMA teacher and the utterance-frame objective.
+
+One training forward (``EATModel.forward(source, mask)``), for B clips and C masked clones per clip:
+
+1. Teacher (EMA copy of the whole student encoder, fp32 weights, eval mode, no grad) runs once per clip on
+   the unmasked input. Targets: for each of the top-K blocks take its FFN output (pre-residual, pre-LN2),
+   drop the extra tokens, instance-normalise every channel over the tokens (eps 1e-5, fp32), average the
+   K layers, then a parameter-free LayerNorm over channels (eps 1e-5) -> ``y`` (B, N, D). The utterance
+   target is ``y`` averaged over tokens.
+2. Student: patch embedding + positions once per clip, then only the visible tokens of each clone
+   (ascending grid order) go through the blocks with the CLS token prepended: (B*C, 1+V, D).
+3. Decoder input (B*C, N, D) on the full grid: student outputs (CLS dropped) at their grid positions,
+   N(0, ``mask_noise_std``) noise at the masked ones; the decoder predicts ``y`` at the masked positions.
+4. Losses, both scaled by ``loss_scale`` (default 1/sqrt(D)), computed in fp32:
+   ``frame_loss`` = mean over masked tokens of sum over channels of (pred - y)^2 * scale;
+   per-clone CLS error = sum over channels of (student CLS output - utterance target)^2 * scale.
+
+Reductions (``utterance_reduction``):
+
+* ``"official"`` reproduces fairseq's EAT exactly: its criterion sums the frame-error tensor and the
+  CLS-error tensor multiplied by ``cls_loss * sample_size`` and divides everything by
+  ``sample_size`` = number of masked tokens, so
+  ``loss = frame_loss_weight * frame_loss + cls_loss_weight * SUM over the clones of the CLS error``.
+  The CLS term therefore grows with the per-device batch (192 clones per GPU in the official setup).
+  With data-parallel gradient averaging over equal-sized ranks this is also the official multi-GPU loss.
+* ``"mean"`` averages the CLS error over the clones instead, so the loss does not depend on the batch size.
+
+``utterance_loss`` in the output is the reduced CLS term (sum or mean) before ``cls_loss_weight``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eat.config import ConfigError, from_dict
+from eat.model.decoder import CNNDecoder
+from eat.model.masking import inverse_block_mask, mask_to_ids
+from eat.model.vit import Encoder, EncoderConfig, gather_tokens
+
+
+@dataclass
+class EATConfig:
+    """EAT pretraining settings; field names follow the official config where one exists.
+
+    ``instance_norm_target_layer`` / ``layer_norm_targets`` are the two target normalisations the official
+    recipe switches on (per-layer instance norm over tokens, final LayerNorm over channels).
+    EMA decay anneals linearly from ``ema_decay`` to ``ema_end_decay`` over ``ema_anneal_end_step`` updates.
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder_dim: int = 768
+    decoder_groups: int = 16
+    decoder_kernel: int = 3
+    decoder_layers: int = 6
+    clone_batch: int = 16
+    mask_ratio: float = 0.8
+    mask_block: int = 5
+    mask_adjust: float = 0.07
+    mask_noise_std: float = 0.01
+    average_top_k_layers: int = 12
+    instance_norm_target_layer: bool = True
+    layer_norm_targets: bool = True
+    cls_loss_weight: float = 1.0
+    frame_loss_weight: float = 1.0
+    utterance_reduction: Literal["official", "mean"] = "official"
+    ema_decay: float = 0.9998
+    ema_end_decay: float = 0.99999
+    ema_anneal_end_step: int = 100000
+    loss_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):
+            self.encoder = from_dict(EncoderConfig, self.encoder, "encoder")
+        if not 1 <= self.average_top_k_layers <= self.encoder.depth:
+            raise ConfigError(
+                f"average_top_k_layers must be in [1, encoder.depth={self.encoder.depth}], "
+                f"got {self.average_top_k_layers}"
+            )
+        if self.encoder.num_extra_tokens < 1:
+            raise ConfigError("EAT needs a CLS token: encoder.num_extra_tokens must be >= 1")
+        if self.utterance_reduction not in ("official", "mean"):
+            raise ConfigError(f"utterance_reduction: {self.utterance_reduction!r} is not one of official, mean")
+        if self.clone_batch < 1 or not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError("clone_batch must be >= 1 and mask_ratio in (0, 1)")
+
+
+PRESETS: dict[str, EATConfig] = {
+    # EAT-base: 768/12/12, decoder 768 g16 k3 x6, 1024 frames x 128 mels, 16 clones, 87,840,000 params.
+    "base": EATConfig(),
+    # EAT-large: 1024/24/16, decoder 1024 g16 k5 x3, mask 0.75 (+0.1), all 24 layers averaged, 150k anneal.
+    "large": EATConfig(
+        encoder=EncoderConfig(embed_dim=1024, depth=24, num_heads=16),
+        decoder_dim=1024,
+        decoder_kernel=5,
+        decoder_layers=3,
+        mask_ratio=0.75,
+        mask_adjust=0.1,
+        average_top_k_layers=24,
+        ema_anneal_end_step=150000,
+    ),
+    # CPU-sized model for tests and the demo; the shape of the official parity fixture.
+    "tiny": EATConfig(
+        encoder=EncoderConfig(embed_dim=96, depth=3, num_heads=4, target_length=256),
+        decoder_dim=96,
+        decoder_layers=2,
+        clone_batch=4,
+        average_top_k_layers=3,
+    ),
+}
+
+
+def eat_config(name: str) -> EATConfig:
+    """A fresh copy of a preset (``base``, ``large``, ``tiny``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown EAT preset '{name}'; known: {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    return replace(preset, encoder=replace(preset.encoder))
+
+
+def _spread(x: Tensor) -> Tensor:
+    """Mean over channels of the per-channel std over tokens (the official pred_var / target_var)."""
+    return torch.sqrt(x.reshape(-1, x.shape[-1]).float().var(dim=0) + 1e-6).mean()
+
+
+class EATModel(nn.Module):
+    """Student encoder + CNN decoder + EMA teacher; ``forward`` returns the loss dict (see module docstring).
+
+    The trainer calls ``after_optimizer_step(step)`` after every optimizer update (``step`` = number of
+    updates done, 1 after the first), which moves the teacher one EMA step towards the student.
+    """
+
+    def __init__(self, cfg: EATConfig):
+        super().__init__()
+        self.cfg = cfg
+        enc = cfg.encoder
+        self.student = Encoder(enc)
+        self.decoder = CNNDecoder(
+            enc.embed_dim, cfg.decoder_dim, enc.embed_dim, cfg.decoder_groups, cfg.decoder_kernel, cfg.decoder_layers
+        )
+        self.teacher = copy.deepcopy(self.student).float().requires_grad_(False).eval()
+        self.loss_scale = 1.0 / math.sqrt(enc.embed_dim) if cfg.loss_scale is None else cfg.loss_scale
+
+    def train(self, mode: bool = True) -> EATModel:
+        """Like ``nn.Module.train`` but the teacher always stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def no_weight_decay(self) -> set[str]:
+        """Trainable parameter names usually exempt from weight decay (1-D tensors, CLS, position tables).
+
+        The official recipe decays everything (its exemption is dead code); the engine decides.
+        """
+        names = {f"student.{n}" for n in self.student.no_weight_decay()}
+        names |= {f"decoder.{n}" for n, p in self.decoder.named_parameters() if p.dim() <= 1}
+        return {n for n, p in self.named_parameters() if n in names and p.requires_grad}
+
+    # ---------------------------------------------------------------- masks and targets
+    def make_masks(
+        self, batch: int, num_frames: int, generator: torch.Generator | None = None, device=None
+    ) -> Tensor:
+        """Inverse block masks (batch * clone_batch, T'*F') with this config's settings (True = masked)."""
+        cfg = self.cfg
+        return inverse_block_mask(
+            batch * cfg.clone_batch,
+            self.student.grid(num_frames),
+            cfg.mask_ratio,
+            cfg.mask_block,
+            cfg.mask_adjust,
+            generator=generator,
+            device=device,
+        )
+
+    @torch.no_grad()
+    def targets(self, source: Tensor) -> Tensor:
+        """Teacher targets ``y`` (B, N, D) in fp32 for the unmasked ``source``."""
+        _, ffn = self.teacher.forward_tokens(self.teacher.embed(source), return_ffn=True)
+        extra = self.cfg.encoder.num_extra_tokens
+        layers = ffn[-self.cfg.average_top_k_layers :]
+        y = None
+        for t in layers:
+            t = t[:, extra:].float()
+            if self.cfg.instance_norm_target_layer:
+                t = F.instance_norm(t.transpose(1, 2), eps=1e-5).transpose(1, 2)
+            y = t if y is None else y + t
+        y = y / len(layers)
+        if self.cfg.layer_norm_targets:
+            y = F.layer_norm(y, y.shape[-1:], eps=1e-5)
+        return y
+
+    # ---------------------------------------------------------------- training forward
+    def forward(self, source: Tensor, mask: Tensor | None = None, noise: Tensor | None = None) -> dict[str, Tensor]:
+        """One pretraining forward.
+
+        ``source`` (B, T, F) or (B, 1, T, F); ``mask`` (B*C, N) bool, True = masked, rows ``b*C + c``
+        (made with :meth:`make_masks` when None). ``noise`` (masked tokens, D) replaces the decoder's
+        Gaussian noise at the masked positions, in row-major order of the mask (tests use it).
+
+        Returns fp32 tensors: ``loss``, ``frame_loss``, ``utterance_loss``, ``sample_size`` (masked tokens),
+        ``pred_var`` and ``target_var`` (logging). No host synchronisation except reading the visible
+        count when ``mask`` lives on an accelerator (pass a CPU mask to avoid that one).
+        """
+        cfg = self.cfg
+        batch, num_frames = source.shape[0], source.shape[-2]
+        device = source.device
+        if mask is None:
+            mask = self.make_masks(batch, num_frames, device=device)
+        grid = self.student.grid(num_frames)
+        rows, num_patches = mask.shape
+        if rows % batch or num_patches != grid[0] * grid[1]:
+            raise ValueError(
+                f"mask {tuple(mask.shape)} does not fit {batch} clips of {num_frames} frames "
+                f"(needs (B*clones, {grid[0] * grid[1]}))"
+            )
+        keep_ids, masked_ids = (i.to(device, non_blocking=True) for i in mask_to_ids(mask))
+        clones = rows // batch
+        dim = cfg.encoder.embed_dim
+        extra = cfg.encoder.num_extra_tokens
+
+        y = self.targets(source)
+
+        x = self.student.forward_tokens(gather_tokens(self.student.embed(source), keep_ids))
+        cls_out, patches = x[:, 0], x[:, extra:]
+
+        num_masked = masked_ids.shape[1]
+        if noise is None:
+            noise = torch.randn(rows, num_masked, dim, device=device, dtype=patches.dtype) * cfg.mask_noise_std
+        else:
+            noise = noise.reshape(rows, num_masked, dim).to(device=device, dtype=patches.dtype)
+        order = torch.cat([keep_ids, masked_ids], dim=1)[..., None].expand(-1, -1, dim)
+        dec_in = torch.empty(rows, num_patches, dim, device=device, dtype=patches.dtype)
+        dec_in = dec_in.scatter(1, order, torch.cat([patches, noise], dim=1))
+        pred = self.decoder(dec_in, grid, positions=masked_ids).float()  # (R, M, D)
+
+        item = torch.arange(rows, device=device) // clones
+        target = y[item[:, None], masked_ids]  # (R, M, D)
+        frame_err = (pred - target).square().sum(dim=-1) * self.loss_scale  # (R, M)
+        frame_loss = frame_err.mean()
+        cls_err = (cls_out.float() - y.mean(dim=1)[item]).square().sum(dim=-1) * self.loss_scale  # (R,)
+        utterance_loss = cls_err.sum() if cfg.utterance_reduction == "official" else cls_err.mean()
+        loss = cfg.frame_loss_weight * frame_loss + cfg.cls_loss_weight * utterance_loss
+        with torch.no_grad():
+            stats = {"pred_var": _spread(pred), "target_var": _spread(target), "sample_size": mask.sum()}
+        return {"loss": loss, "frame_loss": frame_loss, "utterance_loss": utterance_loss, **stats}
+
+    # ---------------------------------------------------------------- EMA teacher
+    def ema_decay_at(self, step: int) -> float:
+        """Teacher decay after ``step`` updates: linear from ema_decay to ema_end_decay, then constant."""
+        start, end, steps = self.cfg.ema_decay, self.cfg.ema_end_decay, self.cfg.ema_anneal_end_step
+        if steps <= 0 or step >= steps:
+            return end
+        return end - (end - start) * (1 - step / steps)
+
+    @torch.no_grad()
+    def update_teacher(self, decay: float) -> None:
+        """``teacher = decay * teacher + (1 - decay) * student`` for trainable tensors (fp32, foreach);
+        frozen tensors (the sin-cos table) and buffers are copied.
+
+        Works on plain tensors and on DTensors, provided student and teacher are sharded the same way
+        (the pairs are matched by position in ``parameters()``, so both must keep the same structure).
+        """
+        weight = 1.0 - decay
+        ema_t, ema_s = [], []
+        for t, s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+            if s.requires_grad:
+                ema_t.append(t)
+                ema_s.append(s if s.dtype == t.dtype else s.to(t.dtype))
+            else:
+                t.copy_(s)
+        if ema_t:
+            torch._foreach_mul_(ema_t, 1.0 - weight)
+            torch._foreach_add_(ema_t, ema_s, alpha=weight)
+        for t, s in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
+            t.copy_(s)
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Trainer hook: one EMA step with the decay for ``step`` completed updates."""
+        self.update_teacher(self.ema_decay_at(step))
