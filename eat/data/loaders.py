@@ -1,0 +1,262 @@
+"""Samplers that resume mid-epoch, the collate function, and the loader that enforces the bad-file policy.
+
+The samplers yield ``(index, epoch)`` keys (see :mod:`eat.data.datasets`): the epoch travels with every
+index to the loader workers, where it seeds the item's randomness, so persistent workers need no
+``set_epoch`` of their own. Every rank computes the same epoch order from ``(seed, epoch)`` and takes
+every ``num_replicas``-th element from position ``rank``, like ``torch.utils.data.DistributedSampler``.
+
+Resuming: :class:`SkippingLoader` tells the sampler how many keys each delivered batch used
+(``advance``), so ``state_dict()`` is the position of the *training loop*, not of the prefetching
+workers; ``load_state_dict`` then makes the next iteration yield exactly the rest of that epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from eat.data.datasets import Skipped
+from eat.data.manifest import LabelledItem
+
+log = logging.getLogger(__name__)
+
+
+class BadDataError(RuntimeError):
+    """Too many clips of an epoch could not be read; the message names the limit and its config key."""
+
+
+class ResumableDistributedSampler(Sampler):
+    """Shuffled (or in-order) epochs of ``num_items`` indices, split over ranks, resumable mid-epoch.
+
+    Epoch ``e`` is ``torch.randperm(num_items)`` drawn from a generator seeded with ``seed + e``. With
+    ``drop_last`` the tail that does not divide evenly over the ranks is dropped; otherwise the order is
+    padded with its own first indices so every rank gets ``ceil(num_items / num_replicas)``.
+    """
+
+    def __init__(self, num_items: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = True):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        if num_items <= 0:
+            raise ValueError(f"need at least one item to sample, got {num_items}")
+        self.num_items = num_items
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.consumed = 0  # keys of this epoch already used by the training loop (this rank)
+        self._start = 0  # where iterating this epoch begins (set by load_state_dict, cleared by set_epoch)
+
+    @property
+    def per_rank(self) -> int:
+        """Keys per rank in a full epoch."""
+        total = self._draws()
+        return total // self.num_replicas if self.drop_last else math.ceil(total / self.num_replicas)
+
+    def _draws(self) -> int:
+        return self.num_items
+
+    def epoch_order(self) -> torch.Tensor:
+        """The full epoch order (all ranks), int64."""
+        if not self.shuffle:
+            return torch.arange(self.num_items)
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.num_items, generator=g)
+
+    def rank_order(self) -> torch.Tensor:
+        """This rank's share of the epoch order."""
+        order = self.epoch_order()
+        total = self.per_rank * self.num_replicas
+        if total > order.numel():
+            order = order.repeat(math.ceil(total / order.numel()))
+        return order[self.rank : total : self.num_replicas]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its beginning, unless it is the epoch just restored."""
+        if epoch != self.epoch:
+            self.epoch, self._start, self.consumed = epoch, 0, 0
+
+    def advance(self, n: int) -> None:
+        """Record that the training loop used ``n`` more keys of this epoch."""
+        self.consumed += n
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
+                "num_items": self.num_items, "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore a position; the next iteration yields the rest of that epoch in the same order."""
+        for key in ("seed", "num_items", "num_replicas"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"sampler state has {key}={state[key]} but this sampler has {getattr(self, key)}")
+        self.epoch = int(state["epoch"])
+        self.consumed = self._start = int(state["consumed"])
+
+    def __len__(self) -> int:
+        return self.per_rank - self._start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        start, epoch = self._start, self.epoch
+        self.consumed = start
+        for i in self.rank_order()[start:].tolist():
+            yield i, epoch
+
+
+class WeightedSampler(ResumableDistributedSampler):
+    """``num_samples`` draws per epoch without replacement, with probability proportional to ``weights``
+    (AudioSet-2M fine-tuning: 200k per epoch). Same epoch on every rank, split and resumed like
+    :class:`ResumableDistributedSampler`."""
+
+    def __init__(self, weights: Sequence[float] | torch.Tensor, num_samples: int, num_replicas: int = 1,
+                 rank: int = 0, seed: int = 0, drop_last: bool = True):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        if self.weights.dim() != 1 or not bool(torch.isfinite(self.weights).all()) or bool((self.weights < 0).any()):
+            raise ValueError("weights must be a 1-D sequence of finite non-negative numbers")
+        positive = int((self.weights > 0).sum())
+        if not 0 < num_samples <= positive:
+            raise ValueError(f"num_samples={num_samples} must be in 1..{positive} (clips with a positive weight)")
+        self.num_samples = num_samples
+        super().__init__(self.weights.numel(), num_replicas, rank, True, seed, drop_last)
+
+    def _draws(self) -> int:
+        return self.num_samples
+
+    def epoch_order(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.multinomial(self.weights, self.num_samples, replacement=False, generator=g)
+
+
+def class_balanced_weights(items: Sequence[LabelledItem], num_classes: int, scheme: str = "psla",
+                           eps: float = 1e-6) -> torch.Tensor:
+    """Per-clip sampling weights: the sum over a clip's labels of a per-class weight.
+
+    ``scheme="psla"`` (AST/PSLA weight files): ``1000 / (count + 100)``; ``"inverse"``:
+    ``1 / (count + eps)``. Rare classes get heavy clips; a clip without labels gets weight 0.
+    """
+    if scheme not in ("psla", "inverse"):
+        raise ValueError(f"unknown weighting scheme {scheme!r}; choose 'psla' or 'inverse'")
+    lengths = torch.tensor([len(it.labels) for it in items], dtype=torch.long)
+    flat = torch.tensor([c for it in items for c in it.labels], dtype=torch.long)
+    counts = torch.bincount(flat, minlength=num_classes).double()
+    per_class = 1000.0 / (counts + 100.0) if scheme == "psla" else 1.0 / (counts + eps)
+    owner = torch.repeat_interleave(torch.arange(len(items)), lengths)
+    return torch.zeros(len(items), dtype=torch.float64).index_add_(0, owner, per_class[flat])
+
+
+def collate(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
+    """Batch dataset items: drop :class:`Skipped` ones and report them.
+
+    Tensors are stacked, except ``mask`` (``[clones, N]`` per clip), which is concatenated to
+    ``[B * clones, N]`` in sample-major order (row ``b * clones + c``); ints become a tensor. The batch
+    also holds ``num_drawn`` (keys used, good or bad), ``num_skipped`` and ``skipped`` (``Skipped``
+    records). A batch whose clips were all bad has only ``index`` (empty) and the bookkeeping keys.
+    """
+    good = [it for it in items if not isinstance(it, Skipped)]
+    skipped = [it for it in items if isinstance(it, Skipped)]
+    batch: dict[str, Any] = {"num_drawn": len(items), "num_skipped": len(skipped), "skipped": skipped}
+    if not good:
+        batch["index"] = torch.zeros(0, dtype=torch.long)
+        return batch
+    for key in good[0]:
+        values = [it[key] for it in good]
+        if key == "mask":
+            batch[key] = torch.cat(values)
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = torch.tensor(values)
+    return batch
+
+
+class SkippingLoader:
+    """A DataLoader whose batches are checked against the bad-file policy and counted for resuming.
+
+    Every bad file is logged once (``logging.warning`` naming it and the reason); batches with no good
+    clip are not yielded; when more than ``max_bad_fraction`` of this epoch's clips (on this rank) turn
+    out bad, :class:`BadDataError` names the limit via ``limit_name``. ``state_dict`` / ``set_epoch``
+    go to the sampler.
+    """
+
+    def __init__(self, loader: DataLoader, max_bad_fraction: float, limit_name: str = "data.max_bad_fraction"):
+        self.loader = loader
+        self.sampler = loader.batch_sampler.sampler if loader.batch_sampler is not None else loader.sampler
+        self.max_bad_fraction = max_bad_fraction
+        self.limit_name = limit_name
+        self.logged: set[str] = set()
+        self.bad_this_epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        total = len(self.sampler)
+        self.bad_this_epoch = 0
+        for batch in self.loader:
+            if hasattr(self.sampler, "advance"):
+                self.sampler.advance(batch["num_drawn"])
+            self._check(batch["skipped"], total)
+            if batch["index"].numel():
+                yield batch
+
+    def _check(self, skipped: list[Skipped], total: int) -> None:
+        for s in skipped:
+            if s.path not in self.logged:
+                self.logged.add(s.path)
+                log.warning("skipping unreadable clip %s: %s", s.path, s.reason)
+        self.bad_this_epoch += len(skipped)
+        if self.bad_this_epoch > self.max_bad_fraction * total:
+            share = 100 * self.bad_this_epoch / max(total, 1)
+            raise BadDataError(
+                f"{self.bad_this_epoch} of {total} clips unreadable ({share:.1f}%) "
+                f"exceeds {self.limit_name}={self.max_bad_fraction}"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def build_loader(
+    dataset: Any,
+    sampler: Sampler,
+    batch_size: int,
+    num_workers: int = 0,
+    train: bool = True,
+    pin_memory: bool | None = None,
+    prefetch_factor: int | None = None,
+    max_bad_fraction: float | None = None,
+    limit_name: str = "data.max_bad_fraction",
+) -> SkippingLoader:
+    """A :class:`SkippingLoader` over ``dataset`` in ``sampler`` order.
+
+    Defaults: pinned memory when CUDA is available, persistent workers when ``num_workers > 0``,
+    incomplete last batch dropped for training (kept for evaluation), ``max_bad_fraction`` from the
+    dataset.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=train,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+    limit = dataset.max_bad_fraction if max_bad_fraction is None else max_bad_fraction
+    return SkippingLoader(loader, limit, limit_name)

@@ -1,0 +1,202 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from eat.audio.fbank import FrontendConfig
+from eat.data.datasets import MaskConfig, PretrainDataset, Skipped
+from eat.data.loaders import (
+    ResumableDistributedSampler,
+    SkippingLoader,
+    WeightedSampler,
+    build_loader,
+    class_balanced_weights,
+    collate,
+)
+from eat.data.manifest import LabelledItem, write_manifest
+
+
+def _indices(sampler):
+    return [i for i, _ in sampler]
+
+
+@pytest.mark.parametrize("n, drop_last", [(20, True), (23, True), (23, False)])
+def test_ranks_cover_each_epoch_once(n, drop_last):
+    for epoch in range(3):
+        parts = []
+        for rank in range(2):
+            s = ResumableDistributedSampler(n, num_replicas=2, rank=rank, seed=3, drop_last=drop_last)
+            s.set_epoch(epoch)
+            keys = list(s)
+            assert all(e == epoch for _, e in keys) and len(keys) == len(s)
+            parts.append([i for i, _ in keys])
+        assert len(parts[0]) == len(parts[1])
+        union = Counter(parts[0] + parts[1])
+        if drop_last:
+            assert len(union) == n // 2 * 2 and max(union.values()) == 1
+        else:
+            assert set(union) == set(range(n)) and sum(union.values()) == 24  # one index repeated to pad
+        # both ranks take turns through one shared permutation
+        order = ResumableDistributedSampler(n, seed=3)
+        order.set_epoch(epoch)
+        shared = _indices(order)
+        shared += shared[: max(0, 2 * len(parts[0]) - n)]  # padding repeats the head of the order
+        assert parts[0] == shared[0 : len(parts[0]) * 2 : 2] and parts[1] == shared[1 : len(parts[1]) * 2 : 2]
+
+
+def test_epochs_differ_and_repeat_under_a_seed():
+    s, t = ResumableDistributedSampler(50, seed=7), ResumableDistributedSampler(50, seed=7)
+    e0 = _indices(s)
+    s.set_epoch(1)
+    e1 = _indices(s)
+    assert sorted(e0) == sorted(e1) == list(range(50)) and e0 != e1
+    assert _indices(t) == e0
+    assert _indices(ResumableDistributedSampler(50, seed=8)) != e0
+    assert _indices(ResumableDistributedSampler(5, shuffle=False)) == [0, 1, 2, 3, 4]
+    g = torch.Generator().manual_seed(7 + 1)
+    assert e1 == torch.randperm(50, generator=g).tolist()
+
+
+def test_restore_mid_epoch_continues_the_same_order():
+    s = ResumableDistributedSampler(30, num_replicas=2, rank=1, seed=2)
+    s.set_epoch(4)
+    full = _indices(s)
+    s.advance(6)
+    state = s.state_dict()
+    assert state["epoch"] == 4 and state["consumed"] == 6
+    r = ResumableDistributedSampler(30, num_replicas=2, rank=1, seed=2)
+    r.load_state_dict(state)
+    r.set_epoch(4)  # the trainer's usual call for the restored epoch keeps the position
+    assert len(r) == 9 and _indices(r) == full[6:]
+    r.set_epoch(5)
+    s.set_epoch(5)
+    assert len(r) == 15 and _indices(r) == _indices(s)
+    with pytest.raises(ValueError, match="num_replicas=2 but this sampler has 4"):
+        ResumableDistributedSampler(30, num_replicas=4, seed=2).load_state_dict(state)
+
+
+def test_weights_match_a_plain_count():
+    items = [LabelledItem(f"{i}.wav", labels) for i, labels in enumerate([(0,), (0, 1), (0,), (2,), (1, 2), ()])]
+    counts = {0: 3, 1: 2, 2: 2}
+    expect = [sum(1000 / (counts[c] + 100) for c in it.labels) for it in items]
+    torch.testing.assert_close(class_balanced_weights(items, 4), torch.tensor(expect, dtype=torch.float64))
+    inv = class_balanced_weights(items, 3, scheme="inverse", eps=0.5)
+    torch.testing.assert_close(inv, torch.tensor([sum(1 / (counts[c] + 0.5) for c in it.labels) for it in items],
+                                                 dtype=torch.float64))
+
+
+def test_weighted_sampler_favours_rare_classes_and_is_deterministic():
+    items = [LabelledItem(f"{i}.wav", (0,) if i < 90 else (1,)) for i in range(100)]
+    w = class_balanced_weights(items, 2, scheme="inverse")
+    s = WeightedSampler(w, num_samples=20, seed=1)
+    rare = []
+    for epoch in range(40):
+        s.set_epoch(epoch)
+        keys = _indices(s)
+        assert len(keys) == len(set(keys)) == 20  # without replacement
+        rare.append(np.mean([k >= 90 for k in keys]))
+    assert np.mean(rare) > 0.3  # 10 % of the clips, about 40 % of the draws
+    again = WeightedSampler(w, num_samples=20, seed=1)
+    again.set_epoch(39)
+    assert _indices(again) == keys
+    ranks = [WeightedSampler(w, num_samples=20, num_replicas=2, rank=r, seed=1) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(39)
+    assert sorted(_indices(ranks[0]) + _indices(ranks[1])) == sorted(keys)
+    ranks[0].advance(4)
+    resumed = WeightedSampler(w, num_samples=20, num_replicas=2, rank=0, seed=1)
+    resumed.load_state_dict(ranks[0].state_dict())
+    assert _indices(resumed) == _indices(ranks[0])[4:]
+    with pytest.raises(ValueError, match="num_samples=101 must be in 1..100"):
+        WeightedSampler(w, num_samples=101)
+
+
+def test_collate_is_sample_major_and_drops_skipped():
+    items = [
+        {"source": torch.full((3, 2), float(b)), "mask": torch.arange(4).repeat(2, 1) + 10 * b > 10 * b + b,
+         "index": b}
+        for b in range(3)
+    ]
+    items.insert(1, Skipped("/x/bad.wav", "empty file (0 bytes)"))
+    batch = collate(items)
+    assert batch["num_drawn"] == 4 and batch["num_skipped"] == 1 and batch["skipped"][0].path == "/x/bad.wav"
+    assert batch["source"].shape == (3, 3, 2) and batch["index"].tolist() == [0, 1, 2]
+    assert batch["mask"].shape == (6, 4)
+    good = [it for it in items if not isinstance(it, Skipped)]
+    for b in range(3):
+        for c in range(2):
+            assert torch.equal(batch["mask"][b * 2 + c], good[b]["mask"][c])
+    empty = collate([Skipped("a", "x"), Skipped("b", "y")])
+    assert empty["index"].numel() == 0 and empty["num_skipped"] == 2 and "source" not in empty
+
+
+def _clips(folder, count):
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(count):
+        soundfile.write(folder / f"{i}.wav", 0.1 * rng.standard_normal(800 + 40 * i).astype(np.float32), 16000)
+        entries.append((f"{i}.wav", 800 + 40 * i))
+    return write_manifest(folder / "m.tsv", folder, entries)
+
+
+def _pretrain(man):
+    return PretrainDataset(man, FrontendConfig(target_length=32), mask_cfg=MaskConfig(clones=3, grid=(2, 8)), seed=9)
+
+
+def _run(loader, stop_after=None):
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if stop_after is not None and len(out) == stop_after:
+            break
+    return out
+
+
+def test_resume_through_workers_gives_bitwise_identical_batches(tmp_path):
+    man = _clips(tmp_path, 22)
+    ref_loader = build_loader(_pretrain(man), ResumableDistributedSampler(22, seed=4), batch_size=4, num_workers=0)
+    ref_loader.set_epoch(1)
+    reference = _run(ref_loader)
+    assert len(reference) == 5  # 22 clips, last incomplete batch dropped
+
+    first = build_loader(_pretrain(man), ResumableDistributedSampler(22, seed=4), batch_size=4, num_workers=2)
+    first.set_epoch(1)
+    head = _run(first, stop_after=2)  # workers have prefetched further than this
+    state = first.state_dict()
+    assert state == {"epoch": 1, "consumed": 8, "seed": 4, "num_items": 22, "num_replicas": 1}
+
+    second = build_loader(_pretrain(man), ResumableDistributedSampler(22, seed=4), batch_size=4, num_workers=2)
+    second.load_state_dict(state)
+    second.set_epoch(1)
+    tail = _run(second)
+    assert len(head) + len(tail) == 5
+    for got, want in zip(head + tail, reference, strict=True):
+        for key in ("index", "source", "mask"):
+            assert torch.equal(got[key], want[key]), key
+    second.set_epoch(2)
+    assert len(_run(second)) == 5
+
+
+def test_build_loader_defaults(tmp_path):
+    ds = _pretrain(_clips(tmp_path, 6))
+    train = build_loader(ds, ResumableDistributedSampler(6), batch_size=4, num_workers=1)
+    assert isinstance(train, SkippingLoader) and train.loader.drop_last and train.loader.persistent_workers
+    assert train.loader.pin_memory == torch.cuda.is_available() and train.max_bad_fraction == ds.max_bad_fraction
+    evaluation = build_loader(ds, ResumableDistributedSampler(6, shuffle=False), batch_size=4, train=False)
+    assert not evaluation.loader.drop_last and not evaluation.loader.persistent_workers
+    assert [len(b["index"]) for b in evaluation] == [4, 2]
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        build_loader(ds, ResumableDistributedSampler(6), batch_size=0)
+
+
+def test_all_bad_batch_is_not_yielded(tmp_path):
+    man = _clips(tmp_path, 6)
+    text = man.read_text().splitlines()
+    man.write_text("\n".join(text[:1] + ["gone0.wav\t9", "gone1.wav\t9"] + text[1:]) + "\n")
+    ds = _pretrain(man)
+    loader = build_loader(ds, ResumableDistributedSampler(8, shuffle=False), batch_size=2, max_bad_fraction=0.5)
+    batches = list(loader)
+    assert [b["index"].tolist() for b in batches] == [[2, 3], [4, 5], [6, 7]]
+    assert loader.state_dict()["consumed"] == 8
