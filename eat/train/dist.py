@@ -1,0 +1,195 @@
+"""Process-level plumbing: ranks, process group, model wrapping (DDP / FSDP2), cross-rank reductions, signals.
+
+Works the same under ``torchrun`` (one process per device, NCCL on CUDA, Gloo on CPU, multi-node through
+torchrun's rendezvous) and as a plain ``python`` process (world size 1, no process group at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+Strategy = Literal["ddp", "fsdp"]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: its rank, the world size and the device it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistEnv:
+    """Join the process group that torchrun describes in the environment, or run alone.
+
+    ``device``: ``auto`` (CUDA when available), ``cuda`` or ``cpu``. On CUDA the group gets NCCL for device
+    tensors and Gloo for CPU tensors (used for the cheap per-step preemption flag).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but CUDA is not available")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+        kwargs = {"device_id": dev} if use_cuda else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min), **kwargs)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def shutdown() -> None:
+    """Leave the process group (no-op when running alone)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The elements of every outermost ``nn.ModuleList`` (transformer/decoder blocks, student and teacher).
+
+    These are the units for per-block FSDP2 sharding and regional ``torch.compile``.
+    """
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, nn.ModuleList):
+                found.extend(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return found
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """Compile each repeated block in place (state-dict names unchanged); returns how many."""
+    blocks = repeated_blocks(model)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def wrap_model(model: nn.Module, env: DistEnv, strategy: Strategy = "ddp") -> nn.Module:
+    """Put ``model`` on the device and make it data-parallel.
+
+    * ``ddp``: :class:`DistributedDataParallel` (frozen parameters such as an EMA teacher are not reduced).
+    * ``fsdp``: FSDP2 ``fully_shard`` on every repeated block, then on the root. The teacher's blocks are
+      sharded exactly like the student's, so an element-wise EMA (``torch._foreach_lerp_``) pairs DTensor
+      shards of identical placement and runs shard-locally without communication.
+
+    Alone (world size 1) the model is returned unwrapped.
+    """
+    model = model.to(env.device)
+    if not env.distributed:
+        return model
+    if strategy == "ddp":
+        device_ids = [env.device.index] if env.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    if strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(env.device.type, (env.world_size,))
+        for block in repeated_blocks(model):
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    raise ValueError(f"unknown strategy {strategy!r} (ddp or fsdp)")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside a DDP wrapper (FSDP2 shards in place, so it is already the user's)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on non-final micro-steps of gradient accumulation."""
+    if enabled:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum a (stacked) tensor over ranks in one collective; identity when alone."""
+    if env.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every rank if ``flag`` is true on any rank (a CPU/Gloo collective: no device sync)."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class PreemptionFlag:
+    """Set by SIGTERM / SIGUSR1 (cluster preemption); the trainer checkpoints at the next step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> PreemptionFlag:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    @property
+    def raised(self) -> bool:
+        return self.signum is not None

@@ -1,0 +1,98 @@
+"""AdamW with parameter groups, and the linear-warmup + cosine learning-rate schedule.
+
+The schedule is a pure function of the update index, so resuming needs only the step count; its settings
+are still saved with every checkpoint for the record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and schedule settings (defaults: the official EAT-base pretraining recipe)."""
+
+    lr: float = 5e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 53333
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    # true: decay every parameter, as the official EAT/fairseq run does (its no-decay override is dead
+    # code); false: no decay for 1-D parameters, biases and the model's no_weight_decay() names.
+    decay_all: bool = True
+    clip_grad: float = 4.0  # global L2 norm; 0 disables clipping
+    # fused AdamW kernel: auto = on CUDA only (CPU runs the foreach path); on/off force it
+    fused: Literal["auto", "on", "off"] = "auto"
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    decay_all: bool = False,
+    no_decay: Iterable[str] = (),
+    lr_scale: Callable[[str], float] | None = None,
+) -> list[dict]:
+    """Split the trainable parameters of ``model`` into AdamW groups.
+
+    A parameter gets no weight decay (unless ``decay_all``) when it is 1-D (biases, norm gains), its name
+    ends in ``.bias``, or it matches an entry of ``no_decay`` (a full name, or a name ending in
+    ``.<entry>``; e.g. ``cls_token``). ``lr_scale(name)`` gives a per-parameter LR factor (layer decay);
+    parameters with equal (decay, scale) share a group. Each group carries ``lr_scale`` and ``weight_decay``.
+    """
+    skip = set(no_decay)
+
+    def decayed(name: str, p: nn.Parameter) -> bool:
+        if decay_all:
+            return True
+        if p.ndim <= 1 or name.endswith(".bias"):
+            return False
+        return not any(name == s or name.endswith("." + s) for s in skip)
+
+    groups: dict[tuple[float, float], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = weight_decay if decayed(name, p) else 0.0
+        scale = float(lr_scale(name)) if lr_scale is not None else 1.0
+        group = groups.setdefault((wd, scale), {"params": [], "names": [], "weight_decay": wd, "lr_scale": scale})
+        group["params"].append(p)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (``names`` entries are dropped; ``lr_scale`` stays for :func:`set_lr`)."""
+    clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    fused = cfg.fused == "on" or (cfg.fused == "auto" and device.type == "cuda")
+    return torch.optim.AdamW(
+        clean, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+        fused=fused or None, foreach=None if fused else True,
+    )
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int, floor: float = 0.0) -> float:
+    """LR for update number ``step`` (1-based: the first update is step 1).
+
+    Linear warmup from 0 reaching ``peak`` at ``step == warmup``, then a half cosine from ``peak`` down to
+    ``floor`` at ``step == total``; constant ``floor`` afterwards.
+    """
+    if warmup > 0 and step <= warmup:
+        return peak * step / warmup
+    if step >= total:
+        return floor
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's LR to ``lr`` times its ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,0 +1,387 @@
+"""The training loop, shared by pretraining and fine-tuning.
+
+The trainer knows its model only as "a module whose ``forward(**batch)`` returns a dict with a scalar
+``loss`` (other scalar entries are logged)", with an optional ``after_optimizer_step(step)`` hook that runs
+under ``no_grad`` right after every optimizer step (EAT's EMA teacher update lives there). Data comes from
+a :class:`TrainData`, which yields one epoch's batches starting at a given batch, so a resumed run continues
+from the exact data position.
+
+One update = ``grad_accum`` micro-batches (gradient all-reduce only on the last), global-norm clipping,
+AdamW at the LR of :func:`eat.train.optim.lr_at`, the model hook. Nothing is copied to the host per step:
+losses and norms are summed on the device and read once per log interval. A non-finite gradient norm skips
+the update; with the fused CUDA AdamW this is decided on the device (the kernel's ``found_inf`` input), on
+CPU the host reads the flag (free there). ``max_bad_steps`` non-finite updates in a row stop the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from eat.train import checkpoint as ckpt
+from eat.train.dist import (
+    DistEnv,
+    PreemptionFlag,
+    any_rank,
+    compile_blocks,
+    gradient_sync,
+    unwrap,
+    wrap_model,
+)
+from eat.train.metrics_log import MetricsLogger, MetricsWindow, peak_flops, progress_line
+from eat.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+
+log = logging.getLogger("eat.train")
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; rerun with resume=auto
+
+
+@dataclass
+class TrainConfig:
+    """Loop, parallelism, precision, logging and checkpoint settings."""
+
+    out_dir: str = "runs/pretrain"
+    max_steps: int = 400000  # optimizer updates
+    grad_accum: int = 1  # micro-batches per update
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 per block (large encoders)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile each repeated block (regional compilation)
+    seed: int = 1
+    log_every: int = 100
+    save_every: int = 10000  # 0: only at the end
+    keep_last: int = 3  # complete checkpoints kept (0: all)
+    eval_every: int = 0  # 0: only at the end (when the recipe gives an eval callback)
+    resume: str = "auto"  # auto (newest good checkpoint in out_dir, if any) | none | a run or step_* dir
+    max_bad_steps: int = 20  # stop after this many non-finite updates in a row
+    tensorboard: bool = True
+    peak_tflops: float = 0.0  # per-device peak for MFU; 0: look the GPU up in a small table
+    check_weights: bool = True  # at the end, hash the weights on every rank and log whether they agree
+
+
+class TrainData(Protocol):
+    """Batches of one epoch, starting after ``skip`` batches (the resumed data position)."""
+
+    def epoch_batches(self, epoch: int, skip: int) -> Iterable[Any]: ...
+
+
+@dataclass
+class TrainResult:
+    status: Literal["done", "preempted"]
+    step: int
+    run_dir: Path
+    last_checkpoint: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)  # reduced metrics of each log interval
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: Any, device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def default_prepare(batch: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
+    """Move tensors to ``device``; count clips as the leading size of the first tensor."""
+    kwargs = _to_device(batch, device)
+    first = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+    return kwargs, {"clips": float(first.shape[0]) if first is not None and first.ndim else 0.0}
+
+
+class Trainer:
+    """Wraps the model for data parallelism, builds AdamW, resumes, and runs :meth:`fit`.
+
+    * ``param_groups(model)`` -> AdamW groups of the (wrapped, possibly FSDP-sharded) model, see
+      :func:`eat.train.optim.param_groups`; each group may carry ``lr_scale``.
+    * ``prepare(batch, device)`` -> ``(forward kwargs on device, host counts to sum such as {"clips": B})``;
+      the place for device-side feature extraction (e.g. fbank on the GPU).
+    * ``eval_fn(model, step)`` -> metrics dict; called on every rank, logged under ``eval/``.
+    * ``flops_per_clip``: training FLOPs per clip (forward + backward) for the MFU estimate.
+    * ``config``: the resolved run config (plain dict) saved with the run and every checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: TrainData,
+        cfg: TrainConfig,
+        optim_cfg: OptimConfig,
+        env: DistEnv,
+        param_groups: Callable[[nn.Module], list[dict]],
+        prepare: Callable[[Any, torch.device], tuple[dict[str, Any], dict[str, float]]] = default_prepare,
+        eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        flops_per_clip: float | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        if cfg.grad_accum < 1 or cfg.max_steps < 1 or cfg.log_every < 1:
+            raise ValueError("train.grad_accum, train.max_steps and train.log_every must be >= 1")
+        self.cfg, self.optim_cfg, self.env = cfg, optim_cfg, env
+        self.data, self.prepare, self.eval_fn = data, prepare, eval_fn
+        self.config = config
+        self.run_dir = Path(cfg.out_dir)
+        seed_everything(cfg.seed + 1_000_003 * env.rank)  # per-rank stream for dropout/noise; data is keyed
+        if cfg.compile:
+            compile_blocks(model)
+        self.model = wrap_model(model, env, cfg.strategy)
+        self.module = unwrap(self.model)
+        self.optimizer = build_optimizer(param_groups(self.model), optim_cfg, env.device)
+        self.fused = bool(self.optimizer.defaults.get("fused"))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.hook = getattr(self.module, "after_optimizer_step", None)
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.flops_per_clip = flops_per_clip
+        self.peak = peak_flops(env.device, cfg.peak_tflops)
+        self.logger = MetricsLogger(self.run_dir, env, cfg.tensorboard)
+        # training position and counters (restored on resume)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.skipped_total = 0
+        dev = env.device
+        self._bad_run = torch.zeros((), device=dev)  # current run of non-finite updates
+        self._bad_max = torch.zeros((), device=dev)  # longest run since the last check
+        self._bad_count = torch.zeros((), device=dev)  # non-finite updates since the last check
+        self.last_checkpoint: Path | None = None
+        self._resume()
+
+    # ------------------------------------------------------------------------------------ state
+
+    def _trainer_state(self) -> dict[str, Any]:
+        c = self.optim_cfg
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "skipped_steps": self.skipped_total,
+            "schedule": {"kind": "warmup_cosine", "peak_lr": c.lr, "min_lr": c.min_lr,
+                         "warmup_steps": c.warmup_steps, "total_steps": self.cfg.max_steps,
+                         "lr": lr_at(max(self.step, 1), c.lr, c.warmup_steps, self.cfg.max_steps, c.min_lr)},
+        }
+
+    def save(self) -> Path:
+        """Checkpoint the current step (all ranks)."""
+        path = ckpt.save_checkpoint(
+            self.run_dir, self.step, self.model, self.optimizer, self.env, self._trainer_state(),
+            {"data": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}},
+            self.config, self.cfg.keep_last,
+        )
+        self.last_checkpoint = path
+        self.logger.event({"kind": "checkpoint", "step": self.step, "path": str(path)})
+        self.logger.console(f"saved {path}")
+        return path
+
+    def _resume(self) -> None:
+        mode = self.cfg.resume
+        if mode == "none":
+            return
+        target = self.run_dir if mode == "auto" else Path(mode)
+        if mode != "auto" and not target.exists():
+            raise ckpt.CheckpointError(f"resume target not found: {target}")
+        loaded = ckpt.load_checkpoint(target, self.model, self.optimizer, self.env)
+        if loaded is None:
+            if mode != "auto":
+                raise ckpt.CheckpointError(f"no checkpoint in {target}")
+            return
+        t = loaded.trainer
+        self.step, self.epoch, self.batch_in_epoch = int(t["step"]), int(t["epoch"]), int(t["batch_in_epoch"])
+        self.skipped_total = int(t.get("skipped_steps", 0))
+        saved_ws = int(t.get("world_size", self.env.world_size))
+        if saved_ws != self.env.world_size:
+            # keep the global sample position: batches are per rank
+            self.batch_in_epoch = self.batch_in_epoch * saved_ws // self.env.world_size
+            log.warning("resuming a %d-rank checkpoint on %d ranks", saved_ws, self.env.world_size)
+        self.logger.console(f"resumed from {loaded.path} at step {self.step} (epoch {self.epoch}, "
+                            f"batch {self.batch_in_epoch})")
+        self.logger.event({"kind": "resume", "step": self.step, "path": str(loaded.path)})
+
+    # ------------------------------------------------------------------------------------- loop
+
+    def _batches(self) -> Iterator[Any]:
+        """Endless stream of batches from the saved position; keeps ``epoch``/``batch_in_epoch`` current."""
+        while True:
+            produced = False
+            for batch in self.data.epoch_batches(self.epoch, self.batch_in_epoch):
+                produced = True
+                self.batch_in_epoch += 1
+                yield batch
+            if not produced and self.batch_in_epoch == 0:
+                raise RuntimeError("the training data yielded no batch for a whole epoch")
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _update(self, batches: Iterator[Any], window: MetricsWindow) -> None:
+        """One optimizer update over ``grad_accum`` micro-batches."""
+        accum = self.cfg.grad_accum
+        for micro in range(accum):
+            kwargs, counts = self.prepare(next(batches), self.env.device)
+            with gradient_sync(self.model, micro == accum - 1), self.autocast():
+                out = self.model(**kwargs)
+                loss = out["loss"]
+                if accum > 1:
+                    loss = loss / accum
+                loss.backward()
+            window.add_mean({k: v for k, v in out.items() if _is_scalar(v)})
+            window.add_sum(counts)
+        self.step += 1
+        lr = lr_at(self.step, self.optim_cfg.lr, self.optim_cfg.warmup_steps, self.cfg.max_steps,
+                   self.optim_cfg.min_lr)
+        set_lr(self.optimizer, lr)
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        if self.optim_cfg.clip_grad > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.optim_cfg.clip_grad, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor partial over shards
+            norm = norm.full_tensor()
+        bad = ~torch.isfinite(norm)
+        stepped = True
+        if self.fused:
+            self.optimizer.found_inf = bad.float()  # the fused kernel skips the update on the device
+            self.optimizer.step()
+        elif bool(bad):  # host decision (free on CPU; a sync on CUDA without the fused kernel)
+            stepped = False
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # the hook also runs after an update the fused kernel skipped (the host does not know yet); an EMA
+        # step towards unchanged weights is harmless
+        if self.hook is not None and stepped:
+            with torch.no_grad():
+                self.hook(self.step)
+        self._bad_run = (self._bad_run + 1) * bad
+        self._bad_max = torch.maximum(self._bad_max, self._bad_run)
+        self._bad_count = self._bad_count + bad
+        window.add_mean({"lr": lr, "grad_norm": norm})
+        decay = getattr(self.module, "ema_decay", None)
+        if decay is not None:
+            window.add_mean({"ema_decay": decay(self.step) if callable(decay) else decay})
+        window.step()
+
+    def _check_bad(self) -> int:
+        """Read the non-finite counters (a host sync: only at log points); stop if a run got too long."""
+        longest, count = (int(v) for v in torch.stack([self._bad_max, self._bad_count]).tolist())
+        self._bad_max.zero_()
+        self._bad_count.zero_()
+        self.skipped_total += count
+        if longest >= self.cfg.max_bad_steps:
+            raise FloatingPointError(
+                f"{longest} updates in a row had a non-finite loss/gradient (up to step {self.step}); "
+                "lower the LR, check the data, or resume from an earlier checkpoint"
+            )
+        return count
+
+    def fit(self) -> TrainResult:
+        cfg, env = self.cfg, self.env
+        self.model.train()
+        window = MetricsWindow(env.device)
+        batches = self._batches()
+        history: list[dict[str, float]] = []
+        preempt = PreemptionFlag().install()
+        status: Literal["done", "preempted"] = "done"
+        saved_at = self.step if self.last_checkpoint else -1
+        if self.step == 0 and env.is_main and self.config is not None:
+            import yaml
+
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.logger.console(f"training steps {self.step + 1}..{cfg.max_steps} on {env.world_size} x {env.device.type}"
+                            f" ({cfg.strategy}, accum {cfg.grad_accum})")
+        if env.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(env.device)
+        t_window = time.perf_counter()
+        try:
+            while self.step < cfg.max_steps:
+                self._update(batches, window)
+                last = self.step == cfg.max_steps
+                if self.step % cfg.log_every == 0 or last:
+                    values = self._log(window, time.perf_counter() - t_window)
+                    history.append(values)
+                    t_window = time.perf_counter()
+                if self.eval_fn is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
+                    self._evaluate()
+                if any_rank(preempt.raised, env):
+                    if self.step % cfg.log_every:
+                        self._check_bad()
+                    self.logger.console(f"preemption signal: saving step {self.step} and stopping")
+                    self.save()
+                    status = "preempted"
+                    break
+                if cfg.save_every and self.step % cfg.save_every == 0 and not last:
+                    self.save()
+                    saved_at = self.step
+            if status == "done":
+                if self.eval_fn is not None:
+                    self._evaluate()
+                if saved_at != self.step:
+                    self.save()
+                if cfg.check_weights and cfg.strategy == "ddp":
+                    self._check_weights()
+        finally:
+            batches.close()
+            preempt.uninstall()
+            self.logger.close()
+        return TrainResult(status, self.step, self.run_dir, self.last_checkpoint, history)
+
+    def _log(self, window: MetricsWindow, elapsed: float) -> dict[str, float]:
+        steps = window.steps
+        values = window.reduce(self.env)
+        values["skipped_steps"] = float(self._check_bad())
+        if "clips" in values and elapsed > 0:
+            values["clips_per_s"] = values["clips"] / elapsed
+            if self.flops_per_clip and self.peak:
+                values["mfu"] = values["clips_per_s"] * self.flops_per_clip / (self.peak * self.env.world_size)
+        values["s_per_step"] = elapsed / max(steps, 1)
+        if self.env.device.type == "cuda":
+            values["mem_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.env.device)
+        eta = values["s_per_step"] * (self.cfg.max_steps - self.step)
+        self.logger.scalars(self.step, values)
+        self.logger.console(progress_line(self.step, self.cfg.max_steps, values, eta))
+        return values
+
+    def _evaluate(self) -> None:
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                results = self.eval_fn(self.module, self.step)
+        finally:
+            self.model.train()
+        self.logger.scalars(self.step, results, prefix="eval")
+        self.logger.console(f"eval step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+
+    def _check_weights(self) -> None:
+        """Hash every rank's full state dict; log the hashes (they differ only if ranks diverged)."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digests = [h.hexdigest()]
+        if self.env.distributed:
+            gathered: list[Any] = [None] * self.env.world_size
+            dist.all_gather_object(gathered, digests[0])
+            digests = gathered
+        agree = len(set(digests)) == 1
+        self.logger.event({"kind": "weights", "step": self.step, "sha256": digests, "ranks_agree": agree})
+        if not agree:
+            log.error("ranks ended with different weights: %s", digests)
+
+
+def _is_scalar(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return v.ndim == 0 and (v.is_floating_point() or not v.dtype.is_complex)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
