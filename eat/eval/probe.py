@@ -1,0 +1,232 @@
+"""Linear probing and k-nearest-neighbour evaluation of frozen features.
+
+The probe answers "how linearly separable are these embeddings?" the way EVAR and X-ARES do, without
+their training loops: features are standardised with the training statistics, a multinomial (or, for
+multi-label tasks, one-vs-rest sigmoid) linear classifier is fitted full-batch with L-BFGS to
+convergence, the L2 penalty is picked on a validation split carved from the training set, and the
+classifier is refitted on all training clips with that penalty. The fit is a convex problem with a
+unique optimum, so the number is reproducible and does not depend on a learning rate or an epoch count.
+
+Everything here works on plain ``(N, D)`` feature matrices, so any embedding (an encoder's CLS token,
+pooled log-mel statistics, ...) can be probed the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from eat.eval.metrics import accuracy, mean_average_precision
+
+TASKS = ("multiclass", "multilabel")
+# Penalty grid for standardised features: the loss is the mean over clips plus wd/2 * ||W||^2.
+DEFAULT_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@dataclass
+class LinearModel:
+    """A fitted probe: ``scores = ((x - mean) / std) @ weight.T + bias``."""
+
+    mean: Tensor
+    std: Tensor
+    weight: Tensor  # (C, D)
+    bias: Tensor  # (C,)
+
+    def scores(self, x: Tensor) -> Tensor:
+        """Logits ``(N, C)`` for raw (unstandardised) features ``x (N, D)``."""
+        x = x.to(self.weight)
+        return ((x - self.mean) / self.std) @ self.weight.T + self.bias
+
+
+def standardize_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-dimension mean and std of ``x (N, D)``; constant dimensions get std 1 (they stay 0)."""
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False)
+    return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
+
+
+def fit_linear(
+    x: Tensor, y: Tensor, task: str, num_classes: int, weight_decay: float, max_iter: int = 1000
+) -> LinearModel:
+    """Fit a linear classifier to raw features ``x (N, D)`` (standardised inside) and labels ``y``.
+
+    ``y`` is ``(N,)`` class indices for ``multiclass`` (softmax cross-entropy) or ``(N, C)`` 0/1 targets
+    for ``multilabel`` (sigmoid binary cross-entropy). Objective: mean loss + ``weight_decay / 2 *
+    ||W||^2`` (the bias is not penalised), minimised by L-BFGS with a strong-Wolfe line search from zero.
+    """
+    _check_task(task)
+    mean, std = standardize_stats(x)
+    z = (x - mean) / std
+    weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
+    target = y.long() if task == "multiclass" else y.to(x.dtype)
+    opt = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, history_size=20,
+        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = _data_loss(z @ weight.T + bias, target, task) + 0.5 * weight_decay * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return LinearModel(mean, std, weight.detach(), bias.detach())
+
+
+def knn_scores(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int, task: str, num_classes: int, chunk: int = 1024
+) -> Tensor:
+    """Cosine k-nearest-neighbour class scores ``(N_test, C)``.
+
+    Features are standardised with the training statistics and L2-normalised. Each of the ``k`` most
+    similar training clips votes for its label(s) with weight ``1 + 1e-3 * similarity``, so the vote count
+    decides and similarity only breaks ties. Multi-label scores are the (weighted) fraction of neighbours
+    carrying each label, which ranks clips for mAP.
+    """
+    _check_task(task)
+    if not 1 <= k <= train_x.shape[0]:
+        raise ValueError(f"k must be in 1..{train_x.shape[0]} (the training set size), got {k}")
+    mean, std = standardize_stats(train_x)
+    bank = F.normalize((train_x - mean) / std, dim=1)
+    labels = F.one_hot(train_y.long(), num_classes).to(bank) if task == "multiclass" else train_y.to(bank)
+    out = []
+    for start in range(0, test_x.shape[0], chunk):
+        q = F.normalize((test_x[start : start + chunk].to(bank) - mean) / std, dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        votes = (1.0 + 1e-3 * sim).unsqueeze(-1) * labels[idx]  # (n, k, C)
+        out.append(votes.sum(1) / k)
+    return torch.cat(out) if out else bank.new_zeros(0, num_classes)
+
+
+def score(scores: Tensor, y: Tensor, task: str) -> float:
+    """Accuracy (multiclass) or macro mAP (multilabel) of ``scores (N, C)`` against labels ``y``."""
+    return accuracy(scores, y) if task == "multiclass" else mean_average_precision(scores, y)
+
+
+def validation_split(y: Tensor, task: str, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(fit, val)`` of a seeded split; multiclass splits are stratified per class.
+
+    For multiclass, the first ``round(fraction * n_c)`` clips of every class (in a seeded random order)
+    go to validation, so a class with a single clip stays entirely in the fitting part.
+    """
+    n = y.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    if task == "multilabel":
+        n_val = int(round(fraction * n))
+        return perm[n_val:].sort().values, perm[:n_val].sort().values
+    labels = y.long().cpu()[perm]
+    order = labels.argsort(stable=True)  # grouped by class, random order inside a class
+    sorted_labels = labels[order]
+    counts = torch.bincount(sorted_labels)
+    first = torch.cumsum(counts, 0) - counts  # start of each class block
+    rank = torch.arange(n) - first[sorted_labels]
+    in_val = rank < torch.round(fraction * counts[sorted_labels].double()).long()
+    chosen = perm[order]
+    return chosen[~in_val].sort().values, chosen[in_val].sort().values
+
+
+def probe(
+    train_x: Tensor | np.ndarray,
+    train_y: Tensor | np.ndarray,
+    test_x: Tensor | np.ndarray,
+    test_y: Tensor | np.ndarray,
+    task: str = "multiclass",
+    *,
+    num_classes: int | None = None,
+    weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS,
+    val_fraction: float = 0.2,
+    knn: int | None = None,
+    seed: int = 0,
+    max_iter: int = 1000,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Linear probe (and optionally kNN) of frozen features; returns a JSON-ready dict.
+
+    ``train_x``/``test_x`` are ``(N, D)``; labels are ``(N,)`` class indices (multiclass) or ``(N, C)``
+    0/1 matrices (multilabel). The weight decay is chosen on a ``val_fraction`` split of the training
+    set (best validation score, ties to the lower validation loss), then the probe is refitted on all
+    training clips. Result keys: ``task``, ``metric`` (``accuracy`` or ``mAP``), ``score`` (test),
+    ``weight_decay``, ``val_scores`` (per grid point), ``num_train``, ``num_test``, ``dim``,
+    ``num_classes`` and, with ``knn=K``, ``knn`` = ``{"k": K, "score": ...}``.
+    """
+    _check_task(task)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = torch.float64 if dev.type == "cpu" else torch.float32
+    tx, ty, vx, vy = (torch.as_tensor(a).to(dev) for a in (train_x, train_y, test_x, test_y))
+    tx, vx = tx.to(dtype), vx.to(dtype)
+    _check_shapes(tx, ty, vx, vy, task)
+    if num_classes is None:
+        num_classes = int(max(ty.max(), vy.max())) + 1 if task == "multiclass" else ty.shape[1]
+    if task == "multiclass" and (ty.min() < 0 or max(ty.max(), vy.max()) >= num_classes):
+        raise ValueError(f"class indices must lie in 0..{num_classes - 1}")
+    if not weight_decays:
+        raise ValueError("weight_decays must name at least one value")
+
+    val_scores: dict[str, float] = {}
+    best_wd = weight_decays[0]
+    if len(weight_decays) > 1:
+        fit_idx, val_idx = validation_split(ty, task, val_fraction, seed)
+        if len(val_idx) == 0 or len(fit_idx) == 0:
+            raise ValueError(f"the training set ({len(ty)} clips) is too small for a validation split")
+        best_key = None
+        for wd in weight_decays:
+            model = fit_linear(tx[fit_idx], ty[fit_idx], task, num_classes, wd, max_iter)
+            logits = model.scores(tx[val_idx])
+            val = score(logits, ty[val_idx], task)
+            key = (val, -float(_data_loss(logits, _target(ty[val_idx], task, logits), task)))
+            val_scores[f"{wd:g}"] = val
+            if best_key is None or key > best_key:
+                best_key, best_wd = key, wd
+    model = fit_linear(tx, ty, task, num_classes, best_wd, max_iter)
+    result = {
+        "task": task,
+        "metric": "accuracy" if task == "multiclass" else "mAP",
+        "score": score(model.scores(vx), vy, task),
+        "weight_decay": best_wd,
+        "val_scores": val_scores,
+        "num_train": int(tx.shape[0]),
+        "num_test": int(vx.shape[0]),
+        "dim": int(tx.shape[1]),
+        "num_classes": int(num_classes),
+    }
+    if knn is not None:
+        result["knn"] = {"k": int(knn), "score": score(knn_scores(tx, ty, vx, knn, task, num_classes), vy, task)}
+    return result
+
+
+def _data_loss(logits: Tensor, target: Tensor, task: str) -> Tensor:
+    if task == "multiclass":
+        return F.cross_entropy(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[0]
+
+
+def _target(y: Tensor, task: str, like: Tensor) -> Tensor:
+    return y.long() if task == "multiclass" else y.to(like)
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def _check_shapes(tx: Tensor, ty: Tensor, vx: Tensor, vy: Tensor, task: str) -> None:
+    if tx.dim() != 2 or vx.dim() != 2 or tx.shape[1] != vx.shape[1]:
+        raise ValueError(f"features must be (N, D) with one D, got {tuple(tx.shape)} and {tuple(vx.shape)}")
+    want = 1 if task == "multiclass" else 2
+    if ty.dim() != want or vy.dim() != want:
+        kind = "(N,) class indices" if want == 1 else "(N, C) 0/1 targets"
+        raise ValueError(f"{task} labels must be {kind}, got {tuple(ty.shape)} and {tuple(vy.shape)}")
+    if ty.shape[0] != tx.shape[0] or vy.shape[0] != vx.shape[0]:
+        raise ValueError(f"{tx.shape[0]}/{vx.shape[0]} feature rows but {ty.shape[0]}/{vy.shape[0]} labels")
+    if task == "multilabel" and ty.shape[1] != vy.shape[1]:
+        raise ValueError(f"train and test label matrices have {ty.shape[1]} and {vy.shape[1]} classes")
+    if tx.shape[0] == 0 or vx.shape[0] == 0:
+        raise ValueError("empty training or test set")
