@@ -1,0 +1,74 @@
+"""HEAR 2021 API: the checks hearvalidator 2021.0.2 runs (float32, batch size kept, emb.shape[:2] == ts.shape,
+regular timestamps in ms, white-noise inputs of 2.0 s and 3.74 s) on a tiny exported encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import eat.hear as hear
+from eat.audio.fbank import FrontendConfig
+from eat.export import save_export
+from eat.model.eat import eat_config
+from eat.model.vit import Encoder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = eat_config("tiny").encoder
+    enc = Encoder(cfg)
+    path = save_export(tmp_path_factory.mktemp("hear") / "tiny", cfg, enc.state_dict(), FrontendConfig(target_length=256))
+    return hear.load_model(str(path), device="cpu")
+
+
+def noise(n_sounds: int, seconds: float, sr: int) -> torch.Tensor:
+    return torch.rand(n_sounds, int(seconds * sr), generator=torch.Generator().manual_seed(3)) * 2 - 1
+
+
+def test_model_attributes(model):
+    assert isinstance(model, torch.nn.Module)
+    assert model.sample_rate in (16000, 22050, 44100, 48000)  # what the validator accepts
+    assert isinstance(model.scene_embedding_size, int) and isinstance(model.timestamp_embedding_size, int)
+
+
+def test_timestamp_embeddings_like_the_validator(model):
+    audio = noise(16, 2.0, model.sample_rate)
+    with torch.no_grad():
+        emb, ts = hear.get_timestamp_embeddings(audio, model)
+    assert emb.dtype == torch.float32 and ts.dtype == torch.float32
+    assert emb.shape[0] == 16 and emb.shape[:2] == ts.shape
+    assert emb.shape[2] == model.timestamp_embedding_size
+    diffs = np.diff(ts.numpy(), axis=1)
+    assert np.abs(diffs - diffs[0, 0]).max() < 1.0  # regular to within 1 ms
+    assert diffs[0, 0] == pytest.approx(160.0, abs=1e-3)  # one column of 16 frames x 10 ms
+    assert ts[0, 0] == pytest.approx(87.5, abs=1e-3)
+    assert ts.shape[1] == 13  # 198 frames -> 13 columns, the last one partly padding
+    # two sounds with different content get different embeddings; identical sounds identical ones
+    assert not torch.allclose(emb[0], emb[1])
+    twice, _ = hear.get_timestamp_embeddings(audio[[0, 0]], model)
+    torch.testing.assert_close(twice[0], twice[1])
+    torch.testing.assert_close(twice[0], emb[0], atol=1e-5, rtol=0)
+
+
+def test_scene_embeddings_like_the_validator(model):
+    audio = noise(8, 3.74, model.sample_rate)  # 3.74 s is not a whole number of 16-frame patches
+    with torch.no_grad():
+        emb = hear.get_scene_embeddings(audio, model)
+    assert emb.dtype == torch.float32 and emb.shape == (8, model.scene_embedding_size)
+    assert torch.isfinite(emb).all()
+
+
+def test_layers_and_mean_pooling_options(model):
+    fx = model.extractor  # the loaded weights behind other options
+    multi = hear.HearModel(fx, utterance="mean", layers=[0, -1])
+    audio = noise(2, 2.0, multi.sample_rate)
+    emb = hear.get_scene_embeddings(audio, multi)
+    assert emb.shape == (2, 2 * 96) == (2, multi.scene_embedding_size)
+    last = hear.get_scene_embeddings(audio, hear.HearModel(fx, utterance="mean"))
+    torch.testing.assert_close(emb[:, 96:], last)
+    frames, ts = hear.get_timestamp_embeddings(audio, multi)
+    assert frames.shape[:2] == ts.shape and frames.shape[2] == multi.timestamp_embedding_size
+    with pytest.raises(ValueError, match="n_sounds"):
+        hear.get_scene_embeddings(audio[0], multi)
