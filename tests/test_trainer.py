@@ -48,16 +48,31 @@ class Toy(nn.Module):
 
 
 class ToyData:
-    """``per_epoch`` batches per epoch, each keyed by (epoch, batch index), so the stream is resumable."""
+    """``per_epoch`` batches per epoch, each keyed by (epoch, batch index); resumable like SkippingLoader."""
 
     def __init__(self, batch: int = 16, per_epoch: int = 5):
         self.batch, self.per_epoch = batch, per_epoch
+        self.epoch, self.consumed = 0, 0
 
-    def epoch_batches(self, epoch: int, skip: int):
-        for i in range(skip, self.per_epoch):
-            g = torch.Generator().manual_seed(1000 * epoch + i)
-            x = torch.randn(self.batch, 4, generator=g)
-            yield {"x": x, "y": x @ TRUE_W}
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.consumed = epoch, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.consumed = state["epoch"], state["consumed"]
+
+    def batch_at(self, epoch: int, i: int) -> dict:
+        g = torch.Generator().manual_seed(1000 * epoch + i)
+        x = torch.randn(self.batch, 4, generator=g)
+        return {"x": x, "y": x @ TRUE_W}
+
+    def __iter__(self):
+        while self.consumed < self.per_epoch:
+            self.consumed += 1
+            yield self.batch_at(self.epoch, self.consumed - 1)
 
 
 def make_trainer(tmp_path, name="run", model=None, data=None, optim=None, **train):
@@ -111,13 +126,12 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
     big = make_trainer(tmp_path, "big", data=ToyData(batch=16), max_steps=4)
     small = make_trainer(tmp_path, "small", data=ToyData(batch=8, per_epoch=10), max_steps=4, grad_accum=2)
 
-    # the two half batches of "small" are the two halves of a different stream; feed the same numbers
-    def halves(epoch, skip):
-        for batch in ToyData(batch=16).epoch_batches(epoch, skip // 2):
-            yield {k: v[:8] for k, v in batch.items()}
-            yield {k: v[8:] for k, v in batch.items()}
+    # feed "small" the two halves of each of "big"'s batches
+    def halves(epoch, i):
+        batch = ToyData(batch=16).batch_at(epoch, i // 2)
+        return {k: (v[:8] if i % 2 == 0 else v[8:]) for k, v in batch.items()}
 
-    small.data.epoch_batches = halves
+    small.data.batch_at = halves
     for t in (big, small):
         t.module.noise = False
     big.fit()
@@ -134,7 +148,7 @@ def _tensors(run_dir, step):
 def test_resume_is_bitwise_exact_across_an_epoch_boundary(tmp_path):
     make_trainer(tmp_path, "full", max_steps=8, save_every=3).fit()
     resumed = make_trainer(tmp_path, "resumed", max_steps=8, resume=str(tmp_path / "full" / "step_000003"))
-    assert (resumed.step, resumed.epoch, resumed.batch_in_epoch) == (3, 0, 3)
+    assert (resumed.step, resumed.epoch, resumed.data.state_dict()) == (3, 0, {"epoch": 0, "consumed": 3})
     resumed.fit()
     full_model, full_optim = _tensors(tmp_path / "full", 8)
     res_model, res_optim = _tensors(tmp_path / "resumed", 8)
@@ -149,7 +163,7 @@ def test_resume_is_bitwise_exact_across_an_epoch_boundary(tmp_path):
 def test_resume_auto_continues_the_same_run(tmp_path):
     make_trainer(tmp_path, "run", max_steps=8, save_every=4).fit()
     again = make_trainer(tmp_path, "run", max_steps=12)
-    assert again.step == 8 and (again.epoch, again.batch_in_epoch) == (1, 3)
+    assert again.step == 8 and again.epoch == 1 and again.data.state_dict() == {"epoch": 1, "consumed": 3}
     assert again.fit().step == 12
     fresh = make_trainer(tmp_path, "other", max_steps=2, resume="none")
     assert fresh.step == 0

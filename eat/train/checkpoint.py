@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
@@ -253,7 +254,7 @@ def read_checkpoint(path: str | Path, env: DistEnv) -> tuple[dict, dict, Loaded]
         trainer = json.loads((path / TRAINER_FILE).read_text())
         rank_path = path / rank_file(env.rank)
         rank = torch.load(rank_path, map_location="cpu", weights_only=True) if rank_path.is_file() else None
-    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as e:  # safetensors raises its own subclasses
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     return model_sd, optim_sd, Loaded(path=path, trainer=trainer, rank=rank)
 
@@ -308,7 +309,11 @@ def load_checkpoint(
                 raise CheckpointError(error or f"{path}: unreadable on another rank")
             log.warning("skipping checkpoint %s: %s", path, error or "unreadable on another rank")
             continue
-        apply_checkpoint(model, optimizer, model_sd, optim_sd)
+        try:
+            apply_checkpoint(model, optimizer, model_sd, optim_sd)
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: does not fit this model/optimizer ({first})") from None
         if loaded.rank is not None:
             set_rng_state(loaded.rank["rng"], env.device)
         else:

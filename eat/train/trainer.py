@@ -3,8 +3,7 @@
 The trainer knows its model only as "a module whose ``forward(**batch)`` returns a dict with a scalar
 ``loss`` (other scalar entries are logged)", with an optional ``after_optimizer_step(step)`` hook that runs
 under ``no_grad`` right after every optimizer step (EAT's EMA teacher update lives there). Data comes from
-a :class:`TrainData`, which yields one epoch's batches starting at a given batch, so a resumed run continues
-from the exact data position.
+a :class:`TrainData` whose position is saved per rank, so a resumed run continues from the exact batch.
 
 One update = ``grad_accum`` micro-batches (gradient all-reduce only on the last), global-norm clipping,
 AdamW at the LR of :func:`eat.train.optim.lr_at`, the model hook. Nothing is copied to the host per step:
@@ -20,7 +19,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -71,9 +70,19 @@ class TrainConfig:
 
 
 class TrainData(Protocol):
-    """Batches of one epoch, starting after ``skip`` batches (the resumed data position)."""
+    """A resumable batch source (e.g. :class:`eat.data.loaders.SkippingLoader`).
 
-    def epoch_batches(self, epoch: int, skip: int) -> Iterable[Any]: ...
+    ``set_epoch(e)`` starts epoch ``e`` unless it is the epoch just restored; iterating yields the rest of
+    the current epoch; ``state_dict()`` is the position of the training loop (batches it has received).
+    """
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -152,7 +161,7 @@ class Trainer:
         self.peak = peak_flops(env.device, cfg.peak_tflops)
         self.logger = MetricsLogger(self.run_dir, env, cfg.tensorboard)
         # training position and counters (restored on resume)
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.step, self.epoch = 0, 0
         self.skipped_total = 0
         dev = env.device
         self._bad_run = torch.zeros((), device=dev)  # current run of non-finite updates
@@ -167,7 +176,6 @@ class Trainer:
         c = self.optim_cfg
         return {
             "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
             "skipped_steps": self.skipped_total,
             "schedule": {"kind": "warmup_cosine", "peak_lr": c.lr, "min_lr": c.min_lr,
                          "warmup_steps": c.warmup_steps, "total_steps": self.cfg.max_steps,
@@ -178,7 +186,7 @@ class Trainer:
         """Checkpoint the current step (all ranks)."""
         path = ckpt.save_checkpoint(
             self.run_dir, self.step, self.model, self.optimizer, self.env, self._trainer_state(),
-            {"data": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}},
+            {"data": self.data.state_dict()},
             self.config, self.cfg.keep_last,
         )
         self.last_checkpoint = path
@@ -199,31 +207,34 @@ class Trainer:
                 raise ckpt.CheckpointError(f"no checkpoint in {target}")
             return
         t = loaded.trainer
-        self.step, self.epoch, self.batch_in_epoch = int(t["step"]), int(t["epoch"]), int(t["batch_in_epoch"])
+        self.step, self.epoch = int(t["step"]), int(t["epoch"])
         self.skipped_total = int(t.get("skipped_steps", 0))
-        saved_ws = int(t.get("world_size", self.env.world_size))
-        if saved_ws != self.env.world_size:
-            # keep the global sample position: batches are per rank
-            self.batch_in_epoch = self.batch_in_epoch * saved_ws // self.env.world_size
-            log.warning("resuming a %d-rank checkpoint on %d ranks", saved_ws, self.env.world_size)
-        self.logger.console(f"resumed from {loaded.path} at step {self.step} (epoch {self.epoch}, "
-                            f"batch {self.batch_in_epoch})")
+        where = f"epoch {self.epoch}"
+        try:
+            if loaded.rank is None:
+                raise ValueError(f"no data position saved for rank {self.env.rank}")
+            self.data.load_state_dict(loaded.rank["data"])
+            where = f"epoch {self.epoch}, data position {loaded.rank['data']}"
+        except ValueError as e:  # e.g. resumed on a different number of ranks
+            log.warning("cannot restore the data position (%s); epoch %d restarts from its start", e, self.epoch)
+        self.logger.console(f"resumed from {loaded.path} at step {self.step} ({where})")
         self.logger.event({"kind": "resume", "step": self.step, "path": str(loaded.path)})
 
     # ------------------------------------------------------------------------------------- loop
 
     def _batches(self) -> Iterator[Any]:
-        """Endless stream of batches from the saved position; keeps ``epoch``/``batch_in_epoch`` current."""
+        """Endless stream of batches from the restored position; keeps ``epoch`` current."""
+        fresh = False  # the first epoch may be a resumed one that has nothing left
         while True:
+            self.data.set_epoch(self.epoch)
             produced = False
-            for batch in self.data.epoch_batches(self.epoch, self.batch_in_epoch):
+            for batch in self.data:
                 produced = True
-                self.batch_in_epoch += 1
                 yield batch
-            if not produced and self.batch_in_epoch == 0:
-                raise RuntimeError("the training data yielded no batch for a whole epoch")
+            if fresh and not produced:
+                raise RuntimeError(f"the training data yielded no batch in epoch {self.epoch}")
             self.epoch += 1
-            self.batch_in_epoch = 0
+            fresh = True
 
     def _update(self, batches: Iterator[Any], window: MetricsWindow) -> None:
         """One optimizer update over ``grad_accum`` micro-batches."""
