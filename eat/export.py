@@ -1,0 +1,335 @@
+"""Exported encoders and classifiers: a directory with ``config.json`` + ``model.safetensors``.
+
+The export is the toolkit's stable interface to the outside: it needs neither fairseq nor transformers,
+and loading it never unpickles anything (JSON and safetensors only). Layout::
+
+    config.json        {"format": "eat-encoder", "format_version": 1,
+                        "encoder": EncoderConfig fields, "frontend": FrontendConfig fields,
+                        "head": null | {"num_classes", "prediction_mode", "head_norm_eps", "class_names"?},
+                        "meta": {"source", "step", "created", "toolkit_version", ...}}
+    model.safetensors  encoder.* (and fc_norm.*, head.* for classifiers), float32
+
+``load_encoder`` gives a :class:`~eat.features.FeatureExtractor`; ``load_classifier`` an
+:class:`AudioClassifier`. ``export_onnx`` writes the encoder (fbank in, all tokens out) as ONNX with a
+dynamic batch and time axis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from eat.audio.fbank import FrontendConfig
+from eat.config import ConfigError, from_dict, to_dict
+from eat.features import FeatureExtractor
+from eat.model.classifier import Classifier, ClassifierConfig
+from eat.model.vit import Encoder, EncoderConfig
+
+FORMAT = "eat-encoder"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOP_KEYS = ("format", "format_version", "encoder", "frontend", "head", "meta")
+HEAD_KEYS = ("num_classes", "prediction_mode", "head_norm_eps", "class_names")
+HEAD_PREFIXES = ("fc_norm.", "head.")
+
+
+class ExportError(ValueError):
+    """An export directory is missing, malformed or does not match its weights; the message names it."""
+
+
+@dataclass
+class ExportConfig:
+    """The parsed and checked ``config.json`` of an export."""
+
+    encoder: EncoderConfig
+    frontend: FrontendConfig
+    head: dict[str, Any] | None
+    meta: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- save
+
+
+def save_export(
+    out_dir: str | os.PathLike,
+    encoder_cfg: dict | EncoderConfig,
+    state_dict: Mapping[str, Tensor],
+    frontend: dict | FrontendConfig,
+    head: dict | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Write an export directory atomically (a temporary sibling renamed into place); return its path.
+
+    ``state_dict`` holds the encoder's tensors, either bare (``blocks.0.attn.qkv.weight``) or prefixed
+    ``encoder.``, plus ``fc_norm.*``/``head.*`` when ``head`` is given. Everything is checked against a
+    freshly built model before anything is written, and stored as float32. An existing export at
+    ``out_dir`` is replaced; any other existing, non-empty directory is refused.
+    """
+    out = Path(out_dir)
+    cfg = ExportConfig(
+        encoder=_build(EncoderConfig, to_dict(encoder_cfg), "encoder", out),
+        frontend=_build(FrontendConfig, to_dict(frontend), "frontend", out),
+        head=_check_head(head, out),
+        meta={"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "toolkit_version": _version(), **(meta or {})},
+    )
+    tensors = {}
+    for key, value in state_dict.items():
+        name = key if key.startswith(("encoder.", *HEAD_PREFIXES)) else f"encoder.{key}"
+        tensors[name] = value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype)
+    _check_tensors(_build_module(cfg), tensors, f"state dict for {out}")
+    if out.exists() and not _is_export(out) and any(out.iterdir()):
+        raise ExportError(f"{out}: exists and is not an eat export; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{out.name}_", dir=out.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "encoder": to_dict(cfg.encoder),
+               "frontend": to_dict(cfg.frontend), "head": cfg.head, "meta": cfg.meta}
+        (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old_{out.name}_", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def read_export(path: str | os.PathLike) -> tuple[ExportConfig, dict[str, Tensor]]:
+    """Parse and check ``config.json`` and read the tensors (safetensors: nothing is unpickled)."""
+    root = Path(path)
+    if root.is_file() and root.name == CONFIG_FILE:
+        root = root.parent
+    if not root.is_dir():
+        raise ExportError(f"{root}: not found (expected an export directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
+    cfg_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
+    for f in (cfg_path, weights_path):
+        if not f.is_file():
+            raise ExportError(f"{f}: missing; is {root} an exported encoder (tools/export_encoder.py)?")
+    try:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{cfg_path}: not valid JSON ({e})") from None
+    cfg = parse_config(doc, cfg_path)
+    try:
+        tensors = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(f"{weights_path}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
+    return cfg, tensors
+
+
+def parse_config(doc: Any, where: str | os.PathLike = CONFIG_FILE) -> ExportConfig:
+    """Check an export's config document; unknown or missing keys raise :class:`ExportError` naming them."""
+    if not isinstance(doc, dict):
+        raise ExportError(f"{where}: top level must be an object")
+    unknown = [k for k in doc if k not in TOP_KEYS]
+    if unknown:
+        raise ExportError(f"{where}: unknown key '{unknown[0]}'; known: {', '.join(TOP_KEYS)}")
+    missing = [k for k in ("format", "format_version", "encoder", "frontend") if k not in doc]
+    if missing:
+        raise ExportError(f"{where}: missing key '{missing[0]}'")
+    if doc["format"] != FORMAT:
+        raise ExportError(f"{where}: format is {doc['format']!r}, expected {FORMAT!r}")
+    version = doc["format_version"]
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ExportError(f"{where}: format_version {version!r} is not supported (this toolkit reads 1..{FORMAT_VERSION})")
+    meta = doc.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ExportError(f"{where}: 'meta' must be an object")
+    return ExportConfig(
+        encoder=_build(EncoderConfig, doc["encoder"], "encoder", where),
+        frontend=_build(FrontendConfig, doc["frontend"], "frontend", where),
+        head=_check_head(doc.get("head"), where),
+        meta=meta,
+    )
+
+
+def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """The encoder of an export (a classifier export's head is ignored) as a :class:`FeatureExtractor`
+    in eval mode on ``device``."""
+    cfg, tensors = read_export(path)
+    encoder = Encoder(cfg.encoder)
+    enc_tensors = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+    extra = [k for k in tensors if not k.startswith(("encoder.", *HEAD_PREFIXES))]
+    if extra:
+        raise ExportError(f"{Path(path) / WEIGHTS_FILE}: unexpected tensor(s) {', '.join(sorted(extra))}")
+    _check_tensors(encoder, enc_tensors, str(Path(path) / WEIGHTS_FILE))
+    encoder.load_state_dict(enc_tensors)
+    return FeatureExtractor(encoder, cfg.frontend).to(device).eval()
+
+
+class AudioClassifier(nn.Module):
+    """An exported classifier: :class:`~eat.model.classifier.Classifier` plus its front-end and class names.
+
+    ``forward(fbank, padding_mask=None)`` gives logits from normalised fbanks; ``predict(audio,
+    sample_rate)`` goes from waveforms (each clip's fbank padded or cropped to the front-end's training
+    length, as in fine-tuning) to logits.
+    """
+
+    def __init__(self, classifier: Classifier, frontend: FrontendConfig, class_names: list[str] | None):
+        super().__init__()
+        self.classifier = classifier
+        self.frontend = frontend
+        self.class_names = class_names
+        self.eval()
+
+    def forward(self, fbank: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return self.classifier(fbank, padding_mask)
+
+    @torch.inference_mode()
+    def predict(self, audio: Tensor | list, sample_rate: int | None = None, lengths: Tensor | None = None) -> Tensor:
+        """Logits ``(B, num_classes)`` for waveforms (a 1-D clip, a padded batch + ``lengths``, or a list)."""
+        extractor = FeatureExtractor(self.classifier.encoder, self.frontend)
+        fb, _ = extractor.fbank(audio, sample_rate, lengths)  # frames past a clip's end hold the pad value
+        short = self.frontend.target_length - fb.shape[1]
+        if short > 0:
+            fb = torch.nn.functional.pad(fb, (0, 0, 0, short), value=extractor.pad_value)
+        return self.classifier(fb[:, : self.frontend.target_length])
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> AudioClassifier:
+    """The classifier of an export that has a head, as an :class:`AudioClassifier` in eval mode."""
+    cfg, tensors = read_export(path)
+    if cfg.head is None:
+        raise ExportError(f"{path}: this export has no classifier head (use load_encoder)")
+    model = _build_module(cfg)
+    _check_tensors(model, tensors, str(Path(path) / WEIGHTS_FILE))
+    model.load_state_dict(tensors)
+    return AudioClassifier(model, cfg.frontend, cfg.head.get("class_names")).to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+class _TokensOnly(nn.Module):
+    """Encoder with a single fbank input, for tracing."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, fbank: Tensor) -> Tensor:
+        return self.encoder(fbank)
+
+
+def export_onnx(extractor: FeatureExtractor, path: str | os.PathLike, num_frames: int | None = None,
+                opset: int = 17) -> Path:
+    """Write the encoder as ONNX: input ``fbank`` (B, T, F) normalised, output ``tokens`` (B, E + T'*F', D).
+
+    Batch and time are dynamic axes. The front-end (fbank) stays outside the graph: compute it with
+    :meth:`FeatureExtractor.fbank`. **T must give a whole patch grid**: ``(T - patch) % stride == 0``
+    (a multiple of 16 for EAT), and at most the positional table's length; pad with
+    :attr:`FeatureExtractor.pad_value`. ``num_frames`` is the example length traced (default: the
+    training length). Needs the ``onnx`` package (the ``onnx`` extra).
+    """
+    enc = extractor.encoder
+    frames = num_frames or extractor.frontend.target_length
+    if (frames - enc.cfg.patch_size) % enc.cfg.patch_stride[0]:
+        raise ValueError(f"num_frames {frames} does not give a whole patch grid (patch {enc.cfg.patch_size}, "
+                         f"stride {enc.cfg.patch_stride[0]})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(1, frames, enc.cfg.num_mel_bins, device=extractor._device())
+    model = _TokensOnly(enc).eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (example,), str(path), input_names=["fbank"], output_names=["tokens"],
+            dynamic_axes={"fbank": {0: "batch", 1: "frames"}, "tokens": {0: "batch", 1: "tokens"}},
+            opset_version=opset, dynamo=False,
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _build(cls: type, data: Any, key: str, where: str | os.PathLike) -> Any:
+    if not isinstance(data, dict):
+        raise ExportError(f"{where}: '{key}' must be an object")
+    try:
+        return from_dict(cls, data, prefix=key)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ExportError(f"{where}: {e}") from None
+
+
+def _check_head(head: Any, where: str | os.PathLike) -> dict[str, Any] | None:
+    if head is None:
+        return None
+    if not isinstance(head, dict):
+        raise ExportError(f"{where}: 'head' must be an object or null")
+    for k in head:
+        if k not in HEAD_KEYS:
+            raise ExportError(f"{where}: unknown key 'head.{k}'; known: {', '.join(HEAD_KEYS)}")
+    if "num_classes" not in head:
+        raise ExportError(f"{where}: missing key 'head.num_classes'")
+    out = {"num_classes": head["num_classes"], "prediction_mode": head.get("prediction_mode", "cls"),
+           "head_norm_eps": head.get("head_norm_eps", 1e-6)}
+    names = head.get("class_names")
+    if names is not None:
+        if not isinstance(names, list) or len(names) != head["num_classes"]:
+            raise ExportError(f"{where}: head.class_names must list {head['num_classes']} names")
+        out["class_names"] = [str(n) for n in names]
+    return out
+
+
+def _build_module(cfg: ExportConfig) -> nn.Module:
+    """The bare module an export describes, with keys ``encoder.*`` (+ ``fc_norm.*``, ``head.*``)."""
+    if cfg.head is None:
+        holder = nn.Module()
+        holder.encoder = Encoder(cfg.encoder)
+        return holder
+    head = {k: v for k, v in cfg.head.items() if k != "class_names"}
+    try:
+        ccfg = from_dict(ClassifierConfig, {**head, "encoder": to_dict(cfg.encoder)})
+    except ConfigError as e:
+        raise ExportError(f"head: {e}") from None
+    return Classifier(ccfg)
+
+
+def _check_tensors(module: nn.Module, tensors: Mapping[str, Tensor], where: str) -> None:
+    """Raise :class:`ExportError` listing missing, unexpected and wrongly shaped tensors."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = sorted(f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}"
+                    for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shape {', '.join(shapes)}")
+    if problems:
+        raise ExportError(f"{where}: tensors do not match the config: {'; '.join(problems)}")
+
+
+def _is_export(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and {p.name for p in path.iterdir()} <= {CONFIG_FILE, WEIGHTS_FILE}
+
+
+def _version() -> str:
+    from eat import __version__
+
+    return __version__

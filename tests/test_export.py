@@ -1,0 +1,159 @@
+"""Export directories: exact round trips (encoder and classifier), no unpickling on load, strict config and
+tensor checks with errors naming the key, atomic writes, and parity with the official tiny model's features."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import eat
+from eat.audio.fbank import FrontendConfig
+from eat.config import to_dict
+from eat.export import ExportError, load_classifier, load_encoder, read_export, save_export
+from eat.features import FeatureExtractor
+from eat.model.classifier import Classifier, ClassifierConfig
+from eat.model.eat import eat_config
+from eat.model.vit import Encoder
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FRONTEND = FrontendConfig(target_length=256)
+
+
+def tiny_encoder(seed: int = 0) -> Encoder:
+    torch.manual_seed(seed)
+    return Encoder(eat_config("tiny").encoder).eval()
+
+
+@pytest.fixture
+def exported(tmp_path):
+    enc = tiny_encoder()
+    path = save_export(tmp_path / "tiny", enc.cfg, enc.state_dict(), FRONTEND, meta={"source": "unit test", "step": 7})
+    return enc, path
+
+
+def test_round_trip_gives_identical_features(exported):
+    enc, path = exported
+    fx = eat.load_encoder(path)
+    x = torch.randn(2, 256, 128)
+    assert torch.equal(fx(x), enc(x))
+    clips = [torch.randn(16000), torch.randn(40000)]
+    ref = FeatureExtractor(enc, FRONTEND).extract_features(clips, granularity="frame", layers=[0, -1])
+    got = fx.extract_features(clips, granularity="frame", layers=[0, -1])
+    assert torch.equal(got.embeddings, ref.embeddings)
+    assert fx.frontend == FRONTEND and not fx.training
+
+
+def test_config_json_layout(exported):
+    _, path = exported
+    doc = json.loads((path / "config.json").read_text())
+    assert set(doc) == {"format", "format_version", "encoder", "frontend", "head", "meta"}
+    assert doc["format"] == "eat-encoder" and doc["format_version"] == 1 and doc["head"] is None
+    assert doc["encoder"] == to_dict(eat_config("tiny").encoder) | {"patch_stride": [16, 16]}
+    assert doc["meta"]["source"] == "unit test" and doc["meta"]["step"] == 7
+    assert doc["meta"]["toolkit_version"] == eat.__version__ and "created" in doc["meta"]
+    assert all(k.startswith("encoder.") for k in load_file(path / "model.safetensors"))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tiny"]  # no temp dirs left behind
+
+
+def test_loading_never_unpickles(exported, monkeypatch):
+    _, path = exported
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling during load")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    fx = load_encoder(path)
+    assert fx(torch.zeros(1, 32, 128)).shape == (1, 1 + 16, 96)
+
+
+def test_bare_and_prefixed_keys_and_fp16_weights(tmp_path):
+    enc = tiny_encoder()
+    half = {f"encoder.{k}": v.half() for k, v in enc.state_dict().items()}
+    path = save_export(tmp_path / "half", enc.cfg, half, FRONTEND)
+    tensors = load_file(path / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in tensors.values())
+    assert torch.equal(tensors["encoder.blocks.0.attn.qkv.weight"], enc.blocks[0].attn.qkv.weight.half().float())
+
+
+def test_classifier_round_trip(tmp_path):
+    torch.manual_seed(1)
+    clf = Classifier(ClassifierConfig(encoder=eat_config("tiny").encoder, num_classes=5)).eval()
+    names = [f"class{i}" for i in range(5)]
+    head = {"num_classes": 5, "prediction_mode": "cls", "head_norm_eps": 1e-6, "class_names": names}
+    path = save_export(tmp_path / "clf", clf.cfg.encoder, clf.state_dict(), FRONTEND, head=head)
+    loaded = eat.load_classifier(path)
+    x = torch.randn(2, 256, 128)
+    assert torch.equal(loaded(x), clf(x)) and loaded.class_names == names
+    wave = torch.randn(24000)
+    fb = loaded.classifier.encoder  # predict == fbank padded to the training length, then the classifier
+    fx = FeatureExtractor(fb, FRONTEND)
+    spec, frames = fx.fbank([wave])
+    full = torch.cat([spec[0], torch.full((256 - frames[0], 128), fx.pad_value)])
+    torch.testing.assert_close(loaded.predict([wave]), clf(full[None]), atol=1e-6, rtol=0)
+    encoder_only = load_encoder(path)  # the encoder of a classifier export
+    assert torch.equal(encoder_only(x), clf.encoder(x))
+
+
+def test_errors_name_the_problem(exported, tmp_path):
+    enc, path = exported
+    with pytest.raises(ExportError, match="no classifier head"):
+        load_classifier(path)
+    with pytest.raises(ExportError, match="not found"):
+        load_encoder(tmp_path / "nowhere")
+
+    doc = json.loads((path / "config.json").read_text())
+    for change, pattern in [
+        ({"extra": 1}, "unknown key 'extra'"),
+        ({"encoder": {**doc["encoder"], "embed_dims": 96}}, "encoder.embed_dims"),
+        ({"frontend": {**doc["frontend"], "samplerate": 1}}, "frontend.samplerate"),
+        ({"head": {"num_classes": 3, "labels": []}}, "head.labels"),
+        ({"format": "something"}, "format is 'something'"),
+        ({"format_version": 2}, "format_version 2"),
+    ]:
+        (path / "config.json").write_text(json.dumps({**doc, **change}))
+        with pytest.raises(ExportError, match=pattern) as err:
+            load_encoder(path)
+        assert "\n" not in str(err.value) and "config.json" in str(err.value)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ExportError, match="not valid JSON"):
+        load_encoder(path)
+
+    (path / "config.json").write_text(json.dumps(doc))
+    tensors = load_file(path / "model.safetensors")
+    tensors.pop("encoder.blocks.1.norm1.bias")
+    tensors["encoder.blocks.0.mlp.fc1.bias"] = torch.zeros(7)
+    tensors["encoder.surprise"] = torch.zeros(1)
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(ExportError) as err:
+        load_encoder(path)
+    msg = str(err.value)
+    assert "missing blocks.1.norm1.bias" in msg and "blocks.0.mlp.fc1.bias (7,) != (384,)" in msg and "surprise" in msg
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ExportError, match="unreadable safetensors"):
+        read_export(path)
+
+
+def test_save_checks_before_writing_and_replaces_only_exports(tmp_path):
+    enc = tiny_encoder()
+    sd = enc.state_dict()
+    with pytest.raises(ExportError, match="missing"):
+        save_export(tmp_path / "bad", enc.cfg, {k: v for k, v in sd.items() if k != "pre_norm.weight"}, FRONTEND)
+    assert list(tmp_path.iterdir()) == []
+    path = save_export(tmp_path / "exp", enc.cfg, sd, FRONTEND)
+    other = tiny_encoder(seed=5)
+    save_export(path, other.cfg, other.state_dict(), FRONTEND)  # replacing an export is fine
+    assert torch.equal(load_encoder(path).encoder.blocks[0].attn.qkv.weight, other.blocks[0].attn.qkv.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not an eat export"):
+        save_export(tmp_path / "mine", enc.cfg, sd, FRONTEND)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
