@@ -1,0 +1,467 @@
+"""Official EAT checkpoints (fairseq and Hugging Face layouts) <-> this package's state dicts.
+
+Accepted inputs:
+
+* **fairseq pretraining** checkpoint: ``{"cfg": {...}, "model": state_dict, ...}`` with
+  ``cfg["model"]["_name"] == "data2vec_multi"``. The student is the canonical encoder (downstream code
+  uses it); the teacher comes from ``model["_ema"]`` (a nested dict, or flattened ``_ema.*`` keys), the
+  decoder from ``modality_encoders.IMAGE.decoder.*``.
+* **fairseq fine-tuned** checkpoint: ``cfg["model"]["_name"] == "mae_image_classification"``, encoder keys
+  prefixed ``model.``, plus ``fc_norm`` (LayerNorm eps 1e-6) and ``head``; the encoder's settings are
+  in ``cfg["model"]["pretrained_model_args"]["model"]``.
+* **Hugging Face** port (``worstchan/EAT-*``): keys ``model.*`` with ``model.pre_norm`` for the context
+  LayerNorm, and its ``config.json`` (the weights alone do not give the number of heads). Its
+  ``fc_norm`` is a default LayerNorm (eps 1e-5).
+
+Every key must be known and every expected key present; otherwise :class:`ConversionError` lists them.
+Shapes are checked against an encoder built (on the meta device) from the converted config.
+
+Files are read with ``torch.load(weights_only=True)`` (or safetensors). A fairseq checkpoint that
+pickles other objects (old numpy scalars, argparse Namespaces, ...) is refused with a message naming
+them; if you trust the file, re-save its ``cfg`` and ``model`` entries as plain tensors/dicts in an
+environment with fairseq and convert that. Nothing is unpickled silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from eat.model.eat import EATConfig
+from eat.model.vit import Encoder, EncoderConfig
+
+IMAGE = "modality_encoders.IMAGE."
+BLOCK_PARAMS = tuple(
+    f"{m}.{p}"
+    for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+    for p in ("weight", "bias")
+)
+HEAD_KEYS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
+_PREDICTION_MODES = {"CLS_TOKEN": "cls", "MEAN_POOLING": "mean"}
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted (unknown layout, unknown or missing keys, unsupported settings)."""
+
+
+@dataclass
+class Converted:
+    """An official checkpoint in this package's names.
+
+    ``encoder``/``teacher`` use :class:`~eat.model.vit.Encoder` names, ``decoder`` the
+    :class:`~eat.model.decoder.CNNDecoder` names, ``head`` the :class:`~eat.model.classifier.Classifier`
+    names (``fc_norm.*``, ``head.*``). All tensors are float32.
+    """
+
+    source_format: str  # fairseq-pretrain | fairseq-finetune | hf-pretrain | hf-finetune
+    encoder_cfg: EncoderConfig
+    encoder: dict[str, Tensor]
+    teacher: dict[str, Tensor] | None = None
+    decoder: dict[str, Tensor] | None = None
+    head: dict[str, Tensor] | None = None
+    head_norm_eps: float | None = None
+    prediction_mode: str | None = None
+    eat_cfg: EATConfig | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.head is None else int(self.head["head.weight"].shape[0])
+
+    def eat_state_dict(self) -> dict[str, Tensor]:
+        """State dict for :class:`~eat.model.eat.EATModel` (needs a pretraining checkpoint)."""
+        if self.teacher is None or self.decoder is None:
+            raise ConversionError(f"a {self.source_format} checkpoint has no teacher/decoder to build EATModel from")
+        out = {f"student.{k}": v for k, v in self.encoder.items()}
+        out |= {f"teacher.{k}": v for k, v in self.teacher.items()}
+        return out | {f"decoder.{k}": v for k, v in self.decoder.items()}
+
+    def classifier_state_dict(self) -> dict[str, Tensor]:
+        """State dict for :class:`~eat.model.classifier.Classifier` (needs a fine-tuned checkpoint)."""
+        if self.head is None:
+            raise ConversionError(f"a {self.source_format} checkpoint has no classification head")
+        return {f"encoder.{k}": v for k, v in self.encoder.items()} | dict(self.head)
+
+
+# ---------------------------------------------------------------------------------------------- key maps
+def encoder_key_map(depth: int, layout: str = "fairseq") -> dict[str, str]:
+    """Official encoder key -> our key. ``layout``: ``fairseq`` (also the fine-tuned layout after
+    stripping its ``model.`` prefix) or ``hf``."""
+    if layout == "fairseq":
+        top = {
+            f"{IMAGE}extra_tokens": "extra_tokens",
+            f"{IMAGE}local_encoder.proj.weight": "patch_embed.weight",
+            f"{IMAGE}local_encoder.proj.bias": "patch_embed.bias",
+            f"{IMAGE}fixed_positional_encoder.positions": "pos_embed",
+            f"{IMAGE}context_encoder.norm.weight": "pre_norm.weight",
+            f"{IMAGE}context_encoder.norm.bias": "pre_norm.bias",
+        }
+        blocks = "blocks."
+    elif layout == "hf":
+        top = {
+            "model.extra_tokens": "extra_tokens",
+            "model.local_encoder.proj.weight": "patch_embed.weight",
+            "model.local_encoder.proj.bias": "patch_embed.bias",
+            "model.fixed_positional_encoder.positions": "pos_embed",
+            "model.pre_norm.weight": "pre_norm.weight",
+            "model.pre_norm.bias": "pre_norm.bias",
+        }
+        blocks = "model.blocks."
+    else:
+        raise ValueError(f"layout must be 'fairseq' or 'hf', got {layout!r}")
+    top |= {f"{blocks}{i}.{p}": f"blocks.{i}.{p}" for i in range(depth) for p in BLOCK_PARAMS}
+    return top
+
+
+def decoder_key_map(layers: int) -> dict[str, str]:
+    """Official decoder key -> our :class:`CNNDecoder` key (the names are the same below the prefix)."""
+    names = [f"blocks.{i}.0.{p}" for i in range(layers) for p in ("weight", "bias")]
+    return {f"{IMAGE}decoder.{n}": n for n in names + ["proj.weight", "proj.bias"]}
+
+
+def _rename(sd: dict[str, Tensor], mapping: dict[str, str], what: str) -> dict[str, Tensor]:
+    unknown = sorted(set(sd) - set(mapping))
+    missing = sorted(set(mapping) - set(sd))
+    if unknown or missing:
+        parts = [f"unknown keys: {', '.join(unknown)}"] if unknown else []
+        parts += [f"missing keys: {', '.join(missing)}"] if missing else []
+        raise ConversionError(f"{what}: {'; '.join(parts)}")
+    return {mapping[k]: v.detach().float() for k, v in sd.items()}
+
+
+def _split(sd: dict[str, Tensor], prefix: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    inside = {k: v for k, v in sd.items() if k.startswith(prefix)}
+    return inside, {k: v for k, v in sd.items() if k not in inside}
+
+
+def _num_blocks(keys, prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = [int(m.group(1)) for k in keys if (m := pattern.match(k))]
+    return max(found) + 1 if found else 0
+
+
+def _check_shapes(cfg: EncoderConfig, sd: dict[str, Tensor], what: str) -> None:
+    with torch.device("meta"):
+        expected = Encoder(cfg).state_dict()
+    bad = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in sd.items() if v.shape != expected[k].shape]
+    if bad:
+        raise ConversionError(f"{what}: shapes do not match the encoder config: {'; '.join(bad)}")
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def _need(d: dict, key: str, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d or d[key] is None:
+        raise ConversionError(f"checkpoint config has no '{where}.{key}'")
+    return d[key]
+
+
+def encoder_config_from_fairseq(model_cfg: dict, positions_rows: int, where: str = "cfg.model") -> EncoderConfig:
+    """EncoderConfig from an official ``data2vec_multi`` model config (``cfg["model"]``).
+
+    ``positions_rows`` is the row count of the stored positional table; it fixes ``max_time_patches``
+    (768 * 8 rows since April 2024, 512 rows in older checkpoints).
+    """
+    image = _need(_need(model_cfg, "modalities", where), "image", f"{where}.modalities")
+    iwhere = f"{where}.modalities.image"
+    dim = int(_need(model_cfg, "embed_dim", where))
+    problems = []
+    if model_cfg.get("layer_norm_first", False):
+        problems.append(
+            "layer_norm_first=True (the official pre-LN block adds the MLP output twice; this package's "
+            "pre-LN block is the standard one, so the numbers would differ)"
+        )
+    if image.get("prenet_depth", 0):
+        problems.append(f"prenet_depth={image['prenet_depth']} (only 0 is supported)")
+    if image.get("use_alibi_encoder", False):
+        problems.append("use_alibi_encoder=True")
+    if image.get("embed_dim", dim) != dim:
+        problems.append(f"modality embed_dim {image['embed_dim']} != model embed_dim {dim}")
+    if not image.get("fixed_positions", True):
+        problems.append("fixed_positions=False")
+    if problems:
+        raise ConversionError("unsupported official settings: " + "; ".join(problems))
+    patch = int(_need(image, "patch_size", iwhere))
+    in_chans = int(_need(image, "in_chans", iwhere))
+    if in_chans != 1:
+        raise ConversionError(f"{iwhere}.in_chans is {in_chans}; only spectrogram models (1 channel) are supported")
+    freq_patches = 128 // patch  # the official audio model always uses 128 mel bins
+    if positions_rows % freq_patches:
+        raise ConversionError(f"positional table has {positions_rows} rows, not a multiple of {freq_patches}")
+    return EncoderConfig(
+        embed_dim=dim,
+        depth=int(_need(model_cfg, "depth", where)),
+        num_heads=int(_need(model_cfg, "num_heads", where)),
+        mlp_ratio=float(model_cfg.get("mlp_ratio", 4.0)),
+        patch_size=patch,
+        patch_stride=(patch, patch),
+        in_chans=1,
+        num_mel_bins=128,
+        target_length=int(image.get("target_length", 1024)),
+        pos_embed="sincos",
+        max_time_patches=positions_rows // freq_patches,
+        num_extra_tokens=int(image.get("num_extra_tokens", 1)),
+        layer_norm_first=False,
+        pre_norm=True,
+        final_norm=False,
+        norm_eps=float(_need(model_cfg, "norm_eps", where)),
+    )
+
+
+def eat_config_from_fairseq(model_cfg: dict, encoder_cfg: EncoderConfig) -> tuple[EATConfig | None, list[str]]:
+    """EATConfig from an official pretraining config, or None plus the reasons when it uses options this
+    package does not implement (the encoder conversion is unaffected)."""
+    image = model_cfg["modalities"]["image"]
+    decoder = image.get("decoder") or {}
+    off = ("layer_norm_target_layer", "batch_norm_target_layer", "instance_norm_targets", "end_of_block_targets",
+           "loss_beta", "recon_loss", "shared_decoder")
+    notes = [f"{k}={model_cfg[k]!r} is not implemented" for k in off if model_cfg.get(k)]
+    if not image.get("inverse_mask", True):
+        notes.append("inverse_mask=False is not implemented (EATModel.make_masks draws inverse block masks)")
+    if decoder.get("transformer_decoder") or image.get("transformer_decoder"):
+        notes.append("transformer decoders are not implemented")
+    if notes:
+        return None, notes
+    try:
+        return EATConfig(
+            encoder=encoder_cfg,
+            decoder_dim=int(decoder.get("decoder_dim", 384)),
+            decoder_groups=int(decoder.get("decoder_groups", 16)),
+            decoder_kernel=int(decoder.get("decoder_kernel", 5)),
+            decoder_layers=int(decoder.get("decoder_layers", 5)),
+            clone_batch=int(model_cfg.get("clone_batch", 1)),
+            mask_ratio=float(image.get("mask_prob", 0.7)),
+            mask_block=int(image.get("mask_length", 5)),
+            mask_adjust=float(image.get("mask_prob_adjust", 0.0)),
+            mask_noise_std=float(image.get("mask_noise_std", 0.01)),
+            average_top_k_layers=int(model_cfg.get("average_top_k_layers", encoder_cfg.depth)),
+            instance_norm_target_layer=bool(model_cfg.get("instance_norm_target_layer", False)),
+            layer_norm_targets=bool(model_cfg.get("layer_norm_targets", False)),
+            cls_loss_weight=float(model_cfg.get("cls_loss", 0.0)),
+            frame_loss_weight=float(model_cfg.get("d2v_loss", 1.0)),
+            ema_decay=float(model_cfg.get("ema_decay", 0.999)),
+            ema_end_decay=float(model_cfg.get("ema_end_decay", 0.9999)),
+            ema_anneal_end_step=int(model_cfg.get("ema_anneal_end_step", 0)),
+            loss_scale=model_cfg.get("loss_scale"),
+        ), []
+    except ValueError as e:
+        return None, [str(e)]
+
+
+def encoder_config_from_hf(hf_cfg: dict) -> EncoderConfig:
+    """EncoderConfig from the Hugging Face port's ``config.json``."""
+    if hf_cfg.get("layer_norm_first", False):
+        raise ConversionError("unsupported HF config: layer_norm_first=True")
+    patch = int(hf_cfg.get("patch_size", 16))
+    stride = int(hf_cfg.get("stride", patch))
+    mels = int(hf_cfg.get("mel_bins", 128))
+    img_size = hf_cfg.get("img_size") or [1024, mels]
+    return EncoderConfig(
+        embed_dim=int(_need(hf_cfg, "embed_dim", "config.json")),
+        depth=int(_need(hf_cfg, "depth", "config.json")),
+        num_heads=int(_need(hf_cfg, "num_heads", "config.json")),
+        mlp_ratio=float(hf_cfg.get("mlp_ratio", 4.0)),
+        patch_size=patch,
+        patch_stride=(stride, stride),
+        in_chans=int(hf_cfg.get("in_chans", 1)),
+        num_mel_bins=mels,
+        target_length=int(img_size[0]),
+        pos_embed="sincos",
+        max_time_patches=int(hf_cfg.get("max_length", 768)),
+        num_extra_tokens=1,
+        qkv_bias=bool(hf_cfg.get("qkv_bias", True)),
+        norm_eps=float(hf_cfg.get("norm_eps", 1e-6)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- official -> ours
+def _flatten_ema(model: dict) -> dict[str, Tensor]:
+    out = {}
+    for k, v in model.items():
+        if k == "_ema" and isinstance(v, dict):
+            out |= {f"_ema.{kk}": vv for kk, vv in v.items()}
+        elif isinstance(v, Tensor):
+            out[k] = v
+        else:
+            raise ConversionError(f"state-dict entry '{k}' is a {type(v).__name__}, not a tensor")
+    return out
+
+
+def convert_checkpoint(checkpoint: dict, hf_config: dict | None = None) -> Converted:
+    """Convert an in-memory official checkpoint (see the module docstring for the layouts)."""
+    if "cfg" in checkpoint and "model" in checkpoint:
+        return _from_fairseq(checkpoint["cfg"], _flatten_ema(checkpoint["model"]))
+    sd = _flatten_ema(checkpoint.get("state_dict", checkpoint))
+    if "model.pre_norm.weight" in sd or "model.extra_tokens" in sd:
+        if hf_config is None:
+            raise ConversionError("a Hugging Face EAT checkpoint needs its config.json (num_heads is not in the weights)")
+        return _from_hf(sd, hf_config)
+    raise ConversionError(
+        "not an official EAT checkpoint: expected a fairseq dict with 'cfg' and 'model', or Hugging Face "
+        "weights with 'model.pre_norm.weight'"
+    )
+
+
+def _from_fairseq(cfg: dict, sd: dict[str, Tensor]) -> Converted:
+    model_cfg = _need(cfg, "model", "cfg")
+    name = model_cfg.get("_name")
+    if name == "data2vec_multi":
+        return _fairseq_pretrain(model_cfg, sd)
+    if name == "mae_image_classification":
+        return _fairseq_finetune(model_cfg, sd)
+    raise ConversionError(f"cfg.model._name is {name!r}; expected 'data2vec_multi' or 'mae_image_classification'")
+
+
+def _fairseq_pretrain(model_cfg: dict, sd: dict[str, Tensor]) -> Converted:
+    pos_key = f"{IMAGE}fixed_positional_encoder.positions"
+    if pos_key not in sd:
+        raise ConversionError(f"missing keys: {pos_key}")
+    enc_cfg = encoder_config_from_fairseq(model_cfg, sd[pos_key].shape[1])
+    ema, rest = _split(sd, "_ema.")
+    dec, rest = _split(rest, f"{IMAGE}decoder.")
+    mapping = encoder_key_map(enc_cfg.depth)
+    student = _rename(rest, mapping, "student encoder")
+    _check_shapes(enc_cfg, student, "student encoder")
+    teacher = None
+    if ema:
+        teacher = _rename({k[len("_ema.") :]: v for k, v in ema.items()}, mapping, "teacher (_ema)")
+        _check_shapes(enc_cfg, teacher, "teacher (_ema)")
+    layers = _num_blocks(dec, f"{IMAGE}decoder.blocks.")
+    decoder = _rename(dec, decoder_key_map(layers), "decoder") if dec else None
+    eat_cfg, notes = eat_config_from_fairseq(model_cfg, enc_cfg)
+    if teacher is None:
+        notes.append("no _ema teacher in the checkpoint")
+    return Converted("fairseq-pretrain", enc_cfg, student, teacher, decoder, eat_cfg=eat_cfg, notes=notes)
+
+
+def _fairseq_finetune(model_cfg: dict, sd: dict[str, Tensor]) -> Converted:
+    pre = _need(model_cfg, "pretrained_model_args", "cfg.model")
+    mode = str(model_cfg.get("prediction_mode", "MEAN_POOLING")).split(".")[-1]
+    if mode not in _PREDICTION_MODES:
+        raise ConversionError(f"cfg.model.prediction_mode {mode} is not supported (only CLS_TOKEN and MEAN_POOLING)")
+    if not model_cfg.get("use_fc_norm", True):
+        raise ConversionError("cfg.model.use_fc_norm=False is not supported (the classifier always has fc_norm)")
+    enc_sd, head = _split(sd, "model.")
+    enc_sd = {k[len("model.") :]: v for k, v in enc_sd.items()}
+    pos_key = f"{IMAGE}fixed_positional_encoder.positions"
+    if pos_key not in enc_sd:
+        raise ConversionError(f"missing keys: model.{pos_key}")
+    enc_cfg = encoder_config_from_fairseq(
+        _need(pre, "model", "cfg.model.pretrained_model_args"), enc_sd[pos_key].shape[1],
+        "cfg.model.pretrained_model_args.model",
+    )
+    encoder = _rename(enc_sd, encoder_key_map(enc_cfg.depth), "fine-tuned encoder (model.*)")
+    _check_shapes(enc_cfg, encoder, "fine-tuned encoder")
+    head = _rename(head, {k: k for k in HEAD_KEYS}, "classification head")
+    return Converted(
+        "fairseq-finetune", enc_cfg, encoder, head=head, head_norm_eps=1e-6, prediction_mode=_PREDICTION_MODES[mode]
+    )
+
+
+def _from_hf(sd: dict[str, Tensor], hf_cfg: dict) -> Converted:
+    enc_cfg = encoder_config_from_hf(hf_cfg)
+    head, enc_sd = _split(sd, "model.fc_norm.")
+    head_proj, enc_sd = _split(enc_sd, "model.head.")
+    head |= head_proj
+    encoder = _rename(enc_sd, encoder_key_map(enc_cfg.depth, "hf"), "Hugging Face encoder")
+    _check_shapes(enc_cfg, encoder, "Hugging Face encoder")
+    if not head:
+        return Converted("hf-pretrain", enc_cfg, encoder)
+    head = _rename(head, {f"model.{k}": k for k in HEAD_KEYS}, "Hugging Face head")
+    return Converted("hf-finetune", enc_cfg, encoder, head=head, head_norm_eps=1e-5, prediction_mode="cls")
+
+
+# ---------------------------------------------------------------------------------------------- ours -> official
+def to_official(
+    encoder: dict[str, Tensor],
+    depth: int,
+    *,
+    decoder: dict[str, Tensor] | None = None,
+    teacher: dict[str, Tensor] | None = None,
+    head: dict[str, Tensor] | None = None,
+    layout: str = "fairseq",
+    nest_ema: bool = True,
+) -> dict[str, Any]:
+    """Our state dicts -> an official-layout state dict (the inverse of the conversion above).
+
+    fairseq: without ``head`` the pretraining layout (decoder keys, teacher under ``_ema`` as a nested
+    dict, or ``_ema.*`` keys with ``nest_ema=False``); with ``head`` the fine-tuned layout (``model.``
+    prefix + ``fc_norm``/``head``). hf: ``model.*`` keys.
+    """
+    inverse = {ours: theirs for theirs, ours in encoder_key_map(depth, layout).items()}
+    out: dict[str, Any] = _rename(encoder, inverse, "encoder")
+    if layout == "fairseq" and head is not None:
+        out = {f"model.{k}": v for k, v in out.items()}
+    if decoder is not None:
+        layers = _num_blocks(decoder, "blocks.")
+        out |= _rename(decoder, {o: t for t, o in decoder_key_map(layers).items()}, "decoder")
+    if teacher is not None:
+        ema = _rename(teacher, inverse, "teacher")
+        out |= {"_ema": ema} if nest_ema else {f"_ema.{k}": v for k, v in ema.items()}
+    if head is not None:
+        prefix = "model." if layout == "hf" else ""
+        out |= {f"{prefix}{k}": v for k, v in _rename(head, {k: k for k in HEAD_KEYS}, "head").items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- files
+def load_official(path: str | Path) -> Converted:
+    """Read and convert an official checkpoint file or a Hugging Face snapshot directory.
+
+    A directory must hold ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``; a
+    ``.safetensors`` file uses the ``config.json`` next to it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file or directory")
+    hf_cfg = None
+    if path.is_dir():
+        candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
+        weights = next((p for p in candidates if p.is_file()), None)
+        if weights is None:
+            raise ConversionError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
+        path = weights
+    cfg_file = path.parent / "config.json"
+    if cfg_file.is_file():
+        try:
+            hf_cfg = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{cfg_file}: not valid JSON ({e})") from None
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            checkpoint = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
+    else:
+        checkpoint = _torch_load(path)
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(f"{path}: expected a dict, found a {type(checkpoint).__name__}")
+    try:
+        return convert_checkpoint(checkpoint, hf_cfg)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        unsafe = []
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            pass
+        if not unsafe:
+            raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+        raise ConversionError(
+            f"{path}: refusing to unpickle {', '.join(unsafe)} (torch.load weights_only=True). If you trust "
+            "this file, re-save it with plain contents, e.g. ck = torch.load(path, weights_only=False); "
+            "torch.save({'cfg': ck['cfg'], 'model': ck['model']}, 'plain.pt'), and convert plain.pt"
+        ) from None
