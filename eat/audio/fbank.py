@@ -139,7 +139,7 @@ def fbank(
     win, hop = _frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
     n_fft = 1 << (win - 1).bit_length()
     lead = waveforms.shape[:-1]
-    signal = waveforms.reshape(-1, waveforms.shape[-1]).to(torch.float32)
+    signal = waveforms.reshape(math.prod(lead), waveforms.shape[-1]).to(torch.float32)
     if not snip_edges:
         signal = _mirror_extend(signal, win, hop)
     count = (signal.shape[-1] - win) // hop + 1 if signal.shape[-1] >= win else 0
