@@ -20,7 +20,8 @@ from eat.model.classifier import Classifier, ClassifierConfig
 from eat.model.eat import eat_config
 from eat.model.vit import Encoder
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 FRONTEND = FrontendConfig(target_length=256)
 
 
@@ -157,3 +158,107 @@ def test_save_checks_before_writing_and_replaces_only_exports(tmp_path):
     with pytest.raises(ExportError, match="not an eat export"):
         save_export(tmp_path / "mine", enc.cfg, sd, FRONTEND)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def export_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_encoder", ROOT / "tools" / "export_encoder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(*args: str) -> str | None:
+    """Run tools/export_encoder.py in-process; returns the error message of a failed run, else None."""
+    try:
+        export_tool().main([str(a) for a in args])
+    except SystemExit as e:
+        return str(e.code)
+    return None
+
+
+def official_fairseq_checkpoint(path: Path) -> dict:
+    """The official tiny fixture re-packed as a fairseq checkpoint (nested ``_ema``, official cfg names)."""
+    fx = torch.load(FIXTURES / "eat_tiny_parity.pt", weights_only=True)
+    c = fx["config"]
+    sd = {k: v for k, v in fx["state_dict"].items() if not k.startswith("_ema.")}
+    sd["_ema"] = {k[len("_ema.") :]: v for k, v in fx["state_dict"].items() if k.startswith("_ema.")}
+    image = {"patch_size": c["patch_size"], "in_chans": c["in_chans"], "num_extra_tokens": c["num_extra_tokens"],
+             "target_length": c["target_length"], "mask_prob": c["mask_prob"], "mask_length": c["mask_length"],
+             "decoder": {"decoder_dim": c["decoder_dim"], "decoder_groups": c["decoder_groups"],
+                         "decoder_kernel": c["decoder_kernel"], "decoder_layers": c["decoder_layers"]}}
+    model_cfg = {"_name": "data2vec_multi", "embed_dim": c["embed_dim"], "depth": c["depth"],
+                 "num_heads": c["num_heads"], "norm_eps": c["norm_eps"], "layer_norm_first": False,
+                 "modalities": {"image": image}}
+    torch.save({"args": None, "cfg": {"model": model_cfg}, "model": sd}, path)
+    return fx
+
+
+def test_official_checkpoint_exports_and_reproduces_official_features(tmp_path):
+    fx = official_fairseq_checkpoint(tmp_path / "eat_tiny.pt")
+    assert run_tool(tmp_path / "eat_tiny.pt", tmp_path / "exp") is None
+    extractor = load_encoder(tmp_path / "exp")
+    with torch.no_grad():
+        tokens = extractor(fx["source"])
+    torch.testing.assert_close(tokens, fx["features"], atol=1e-5, rtol=0)
+    meta = json.loads((tmp_path / "exp" / "config.json").read_text())["meta"]
+    assert meta["kind"] == "official-fairseq-pretrain" and meta["source"].endswith("eat_tiny.pt")
+    assert extractor.frontend.target_length == 256  # the checkpoint's own length
+    # the teacher is a different network: its export must not reproduce the student's features
+    assert run_tool(tmp_path / "eat_tiny.pt", tmp_path / "teacher", "--teacher") is None
+    with torch.no_grad():
+        assert not torch.allclose(load_encoder(tmp_path / "teacher")(fx["source"]), fx["features"], atol=1e-2)
+
+
+def test_our_pretraining_and_finetuning_checkpoints(tmp_path):
+    from eat.model.eat import EATModel
+    from eat.train.checkpoint import save_checkpoint
+    from eat.train.dist import DistEnv
+
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    model = EATModel(eat_config("tiny"))
+    with torch.no_grad():
+        model.teacher.blocks[0].attn.qkv.weight.add_(1.0)  # make teacher != student
+    frontend = FrontendConfig.from_preset("esc50", target_length=256)
+    config = {"model": to_dict(model.cfg), "data": {"frontend": to_dict(frontend)}}
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path / "run", 12, model, opt, env, {}, {}, config=config)
+
+    assert run_tool(tmp_path / "run", tmp_path / "student") is None  # run dir: newest step
+    assert run_tool(tmp_path / "run" / "step_000012", tmp_path / "teacher", "--teacher") is None
+    x = torch.randn(1, 256, 128)
+    student, teacher = load_encoder(tmp_path / "student"), load_encoder(tmp_path / "teacher")
+    assert torch.equal(student(x), model.student.eval()(x)) and torch.equal(teacher(x), model.teacher(x))
+    assert student.frontend == frontend
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["meta"]["step"] == 12
+
+    clf = Classifier(ClassifierConfig(encoder=eat_config("tiny").encoder, num_classes=3, prediction_mode="mean"))
+    config = {"model": to_dict(clf.cfg), "data": {"frontend": to_dict(frontend)}}
+    save_checkpoint(tmp_path / "ft", 5, clf, torch.optim.AdamW(clf.parameters()), env, {}, {}, config=config)
+    (tmp_path / "names.txt").write_text("a\nb\nc\n")
+    assert run_tool(tmp_path / "ft", tmp_path / "clf", "--class-names", tmp_path / "names.txt") is None
+    loaded = load_classifier(tmp_path / "clf")
+    assert torch.equal(loaded(x), clf.eval()(x)) and loaded.class_names == ["a", "b", "c"]
+    assert loaded.classifier.cfg.prediction_mode == "mean"
+    assert "no teacher" in run_tool(tmp_path / "ft", tmp_path / "x", "--teacher")
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args, pattern in [
+        ((tmp_path / "missing.pt", tmp_path / "o"), "no such file"),
+        ((FIXTURES / "mask_stats.json", tmp_path / "o"), "mask_stats.json"),
+    ]:
+        msg = run_tool(*args)
+        assert msg is not None and msg.startswith("error:") and pattern in msg and "\n" not in msg
+    bad_run = tmp_path / "run" / "step_000001"
+    bad_run.mkdir(parents=True)
+    msg = run_tool(tmp_path / "run", tmp_path / "o")
+    assert msg.startswith("error:") and "complete" in msg
+    enc = tiny_encoder()
+    save_export(tmp_path / "exp", enc.cfg, enc.state_dict(), FRONTEND)
+    assert "already an exported encoder" in run_tool(tmp_path / "exp", tmp_path / "o2")
