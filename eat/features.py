@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from eat.audio.fbank import FrontendConfig, normalize, num_frames, waveform_to_input
-from eat.audio.io import resample
+from eat.audio.io import AudioError, load_audio, resample
 from eat.model.vit import Encoder
 
 GRANULARITIES = ("utterance", "frame", "patch")
@@ -392,3 +394,33 @@ def _pad_stack(clips: list[Tensor]) -> tuple[Tensor, Tensor]:
     return torch.nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
 
 
+
+
+def logmel_statistics(clips: Sequence[Tensor], frontend: FrontendConfig) -> Tensor:
+    """A no-network baseline embedding: per-mel-bin mean and std over time of each clip's normalised
+    fbank, ``(N, 2 * num_mel_bins)``. ``clips`` are 1-D waveforms at ``frontend.sample_rate``."""
+    out = []
+    for wave in clips:
+        wave = torch.as_tensor(wave).float().reshape(-1)
+        frames = int(num_frames(wave.shape[0], frontend.sample_rate, frontend.frame_length_ms, frontend.frame_shift_ms))
+        if frames <= 0:
+            raise ValueError(f"a clip has {wave.shape[0]} samples, fewer than one {frontend.frame_length_ms} ms frame")
+        fb = waveform_to_input(wave, dataclasses.replace(frontend, target_length=frames, crop="head"))
+        out.append(torch.cat([fb.mean(0), fb.std(0, unbiased=False)]))
+    return torch.stack(out) if out else torch.zeros(0, 2 * frontend.num_mel_bins)
+
+
+def read_clips(paths: Sequence[str | Path], sample_rate: int, workers: int = 4) -> list[Tensor | AudioError]:
+    """Decode ``paths`` (mono, resampled to ``sample_rate``) in threads; an unreadable file comes back as
+    its :class:`~eat.audio.io.AudioError` (which names the file) instead of raising, so callers can skip it."""
+
+    def one(path: str | Path) -> Tensor | AudioError:
+        try:
+            return load_audio(path, sample_rate)
+        except AudioError as e:
+            return e
+
+    if workers <= 1 or len(paths) <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, paths))

@@ -4,6 +4,7 @@ kNN matches a brute-force loop, the split is stratified, and the CLI runs end to
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,58 @@ def test_cli_features_mode_end_to_end(tmp_path):
     bad = subprocess.run(cmd[:3] + [str(tmp_path / "missing.npz")] + cmd[4:], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and "missing.npz" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def esc50_like(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from make_synthetic_data import make_esc50_like
+    finally:
+        sys.path.pop(0)
+    return make_esc50_like(tmp_path_factory.mktemp("esc"), num_classes=4, clips_per_class=5, duration=1.0, seed=0)
+
+
+def test_cli_encoder_on_synthetic_esc50_end_to_end(tmp_path, esc50_like):
+    from eat.audio.fbank import FrontendConfig
+    from eat.export import save_export
+    from eat.model.eat import eat_config
+    from eat.model.vit import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(eat_config("tiny").encoder)
+    save_export(tmp_path / "enc", enc.cfg, enc.state_dict(), FrontendConfig(target_length=256))
+    root = Path(shutil.copytree(esc50_like, tmp_path / "esc"))
+    (root / "audio" / "1-100000-A-0.wav").write_bytes(b"broken")  # one unreadable test clip
+    cmd = [sys.executable, str(ROOT / "tools" / "linear_probe.py"), "--encoder", str(tmp_path / "enc"),
+           "--esc50-root", str(root), "--fold", "1", "--knn", "3", "--pooling", "mean", "--json",
+           "--weight-decays", "1e-3", "1e-1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["metric"] == "accuracy" and 0.0 <= out["score"] <= 1.0
+    assert out["num_train"] == 16 and out["num_test"] == 3 and out["skipped"] == 1 and out["dim"] == 96
+    assert set(out["val_scores"]) == {"0.001", "0.1"} and out["knn"]["k"] == 3
+    assert "skipped" in res.stderr and "1-100000-A-0.wav" in res.stderr
+
+
+def test_cli_logmel_baseline_with_csv_splits(tmp_path, esc50_like, capsys):
+    import csv
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import linear_probe
+    finally:
+        sys.path.pop(0)
+    rows = list(csv.DictReader(open(esc50_like / "meta" / "esc50.csv")))
+    for name, keep in (("train", lambda f: f != 2), ("test", lambda f: f == 2)):
+        lines = [f"{esc50_like / 'audio' / r['filename']},{r['category']}" for r in rows if keep(int(r["fold"]))]
+        (tmp_path / f"{name}.csv").write_text("path,label\n" + "\n".join(lines) + "\n")
+    linear_probe.main(["--baseline", "logmel", "--train", str(tmp_path / "train.csv"),
+                       "--test", str(tmp_path / "test.csv")])
+    line = capsys.readouterr().out
+    assert line.startswith("accuracy ") and "16 train / 4 test clips, dim 256" in line
+    with pytest.raises(SystemExit, match="exactly one of"):
+        linear_probe.main(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv")])
+    with pytest.raises(SystemExit, match="class-csv"):
+        linear_probe.main(["--baseline", "logmel", "--train", str(tmp_path / "a.tsv"), "--test", str(tmp_path / "b.tsv")])
