@@ -1,0 +1,86 @@
+"""tools/compute_norm_stats.py: streaming statistics equal numpy over all frames; bad files are skipped."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from eat.audio.fbank import fbank, pad_or_crop
+from eat.data.manifest import write_manifest
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "compute_norm_stats.py"
+spec = importlib.util.spec_from_file_location("compute_norm_stats", TOOL)
+cns = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cns)
+
+
+def test_running_stats_is_exact_for_offset_data():
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(1e4, 0.5, size=rng.integers(1, 5000)).astype(np.float32) for _ in range(50)]
+    stats = cns.RunningStats()
+    for c in chunks:
+        stats.update(torch.from_numpy(c))
+    stats.update(torch.zeros(0))
+    everything = np.concatenate(chunks).astype(np.float64)
+    assert stats.count == everything.size
+    assert abs(stats.mean - everything.mean()) < 1e-9 * 1e4
+    assert abs(stats.std - everything.std()) < 1e-9
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(1)
+    waves, entries = [], []
+    for i, n in enumerate([16000, 24000, 8000]):
+        x = (0.2 * rng.standard_normal(n) + 0.05).astype(np.float32)
+        soundfile.write(tmp_path / f"c{i}.wav", x, 16000, subtype="FLOAT")
+        waves.append(torch.from_numpy(x))
+        entries.append((f"c{i}.wav", n))
+    (tmp_path / "broken.wav").write_bytes(rng.bytes(1000))
+    entries.append(("broken.wav", 500))
+    return write_manifest(tmp_path / "train.tsv", tmp_path, entries), waves
+
+
+def reference(waves, target_length):
+    frames = []
+    for w in waves:
+        fb = fbank(w - w.mean())
+        frames.append((pad_or_crop(fb, target_length) if target_length else fb).double().numpy().ravel())
+    values = np.concatenate(frames)
+    return values.mean(), values.std(), values.size
+
+
+@pytest.mark.parametrize("target_length", [120, 0])
+def test_cli_matches_numpy_over_all_frames(corpus, capsys, target_length):
+    manifest, waves = corpus
+    cns.main([str(manifest), "--target-length", str(target_length), "--json", "--quiet"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    mean, std, size = reference(waves, target_length)
+    assert out["clips"] == 3 and out["skipped"] == 1 and out["values"] == size
+    assert abs(out["mean"] - mean) < 1e-9 and abs(out["std"] - std) < 1e-9
+    assert "broken.wav" in captured.err
+
+
+def test_max_clips_takes_a_subset(corpus, capsys):
+    manifest, _ = corpus
+    cns.main([str(manifest), "--max-clips", "2", "--json", "--quiet", "--target-length", "0"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["clips"] + out["skipped"] == 2
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    missing = tmp_path / "nope.tsv"
+    run = subprocess.run([sys.executable, str(TOOL), str(missing)], capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.strip().startswith("error:") and str(missing) in run.stderr
+    run = subprocess.run([sys.executable, str(TOOL), str(missing), "--preset", "nope"], capture_output=True, text=True)
+    assert run.returncode != 0 and "preset" in run.stderr and "Traceback" not in run.stderr

@@ -1,0 +1,155 @@
+"""Mean and std of the log-mel input over a manifest, for ``FrontendConfig.norm_mean`` / ``norm_std``.
+
+Each clip goes through the front-end exactly as in training up to, not including, normalisation: decode
+and resample, subtract the clip mean, fbank, pad/crop to ``--target-length`` frames (padding counts, as
+in the AST/EAT statistics; ``--target-length 0`` uses each clip's own frames). The statistics are
+accumulated per clip in float64 and merged with Chan's parallel formula, so millions of clips lose no
+precision. Unreadable files are skipped and counted.
+
+Example: ``python tools/compute_norm_stats.py data/train.tsv --max-clips 20000 --workers 8``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from eat.audio.fbank import FrontendConfig, fbank, pad_or_crop
+from eat.audio.io import AudioError, load_audio, remove_dc
+from eat.config import ConfigError
+from eat.data.manifest import ManifestError, read_manifest
+
+
+class RunningStats:
+    """Count, mean and sum of squared deviations of everything seen so far (float64, mergeable)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def update(self, values: torch.Tensor) -> None:
+        """Fold in a chunk: its own mean/M2 in float64, then Chan et al.'s pairwise merge."""
+        x = values.detach().reshape(-1).double()
+        n = x.numel()
+        if n == 0:
+            return
+        mean = float(x.mean())
+        m2 = float((x - mean).square().sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation (ddof = 0)."""
+        return math.sqrt(self.m2 / self.count) if self.count else float("nan")
+
+
+class _Clips(Dataset):
+    """Unnormalised model input of each listed clip, or the reason it could not be read."""
+
+    def __init__(self, paths: list[Path], cfg: FrontendConfig, target_length: int, seed: int):
+        self.paths, self.cfg, self.target_length, self.seed = paths, cfg, target_length, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        cfg = self.cfg
+        try:
+            wave = load_audio(self.paths[i], sample_rate=cfg.sample_rate)
+        except AudioError as e:
+            return str(e)
+        if cfg.remove_dc:
+            wave = remove_dc(wave)
+        fb = fbank(wave, cfg.sample_rate, cfg.num_mel_bins, cfg.frame_length_ms, cfg.frame_shift_ms)
+        if fb.shape[0] == 0:
+            return f"{self.paths[i]}: shorter than one {cfg.frame_length_ms} ms frame"
+        if self.target_length > 0:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            fb = pad_or_crop(fb, self.target_length, cfg.crop, g)
+        return fb
+
+
+def _keep(item: torch.Tensor | str) -> torch.Tensor | str:
+    return item
+
+
+def compute_stats(
+    paths: list[Path], cfg: FrontendConfig, target_length: int, workers: int = 0, seed: int = 0,
+    progress: bool = True,
+) -> tuple[RunningStats, list[str]]:
+    """Statistics over ``paths`` and the messages of the files that were skipped."""
+    clips = _Clips(paths, cfg, target_length, seed)
+    loader = DataLoader(clips, batch_size=None, num_workers=workers, collate_fn=_keep)
+    stats, skipped = RunningStats(), []
+    for item in tqdm(loader, total=len(clips), desc="fbank stats", unit="clip", disable=not progress):
+        if isinstance(item, str):
+            skipped.append(item)
+        else:
+            stats.update(item)
+    return stats, skipped
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("manifest", type=Path, help="tsv manifest: root directory, then 'relpath<TAB>num_samples' lines")
+    p.add_argument("--max-clips", type=int, default=None, help="use a random subset of this many clips")
+    p.add_argument("--seed", type=int, default=0, help="seed for the subset and for random crops")
+    p.add_argument("--preset", default="audioset", help="front-end preset for the defaults: audioset, esc50, spc2")
+    p.add_argument("--target-length", type=int, default=None,
+                   help="pad/crop to this many frames (default: the preset's); 0 = each clip's own frames")
+    p.add_argument("--crop", choices=["head", "random"], default="head", help="how long clips are cropped")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--num-mel-bins", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        if args.max_clips is not None and args.max_clips <= 0:
+            raise ConfigError(f"--max-clips must be positive, got {args.max_clips}")
+        if args.target_length is not None and args.target_length < 0:
+            raise ConfigError(f"--target-length must be >= 0, got {args.target_length}")
+        cfg = FrontendConfig.from_preset(args.preset, crop=args.crop, sample_rate=args.sample_rate,
+                                         num_mel_bins=args.num_mel_bins)
+        manifest = read_manifest(args.manifest)
+    except (ConfigError, ManifestError) as e:
+        sys.exit(f"error: {e}")
+    paths = manifest.paths()
+    if not paths:
+        sys.exit(f"error: {args.manifest}: the manifest lists no clips")
+    if args.max_clips is not None and args.max_clips < len(paths):
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(args.seed))
+        paths = [paths[i] for i in sorted(order[: args.max_clips].tolist())]
+    target = cfg.target_length if args.target_length is None else args.target_length
+
+    stats, skipped = compute_stats(paths, cfg, target, args.workers, args.seed, progress=not args.quiet)
+    for msg in skipped[:5]:
+        print(f"warning: skipped {msg}", file=sys.stderr)
+    if len(skipped) > 5:
+        print(f"warning: ... and {len(skipped) - 5} more unreadable files", file=sys.stderr)
+    if stats.count == 0:
+        sys.exit(f"error: {args.manifest}: none of the {len(paths)} clips could be read")
+    result = {"mean": stats.mean, "std": stats.std, "clips": len(paths) - len(skipped), "skipped": len(skipped),
+              "values": stats.count, "target_length": target, "manifest": str(args.manifest)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"mean {stats.mean:.6f}  std {stats.std:.6f}  over {result['clips']} clips "
+              f"({stats.count // cfg.num_mel_bins} frames), {len(skipped)} skipped")
+        print(f"FrontendConfig(norm_mean={stats.mean:.4f}, norm_std={stats.std:.4f})")
+
+
+if __name__ == "__main__":
+    main()
