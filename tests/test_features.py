@@ -3,8 +3,10 @@ layers are block outputs, frame/patch bookkeeping and timestamps are right, and 
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,3 +184,84 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="overlap"):
         fx.extract_features([clip], overlap=1.0)
     assert fx.pad_value == pytest.approx(4.268 / 9.138)
+
+
+# ---------------------------------------------------------------------------------------------- tools/extract_features.py
+
+
+def extract_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "extract_features.py"
+    spec = importlib.util.spec_from_file_location("extract_features", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    import soundfile
+
+    from eat.export import save_export
+
+    fx = tiny_extractor()
+    save_export(tmp_path / "enc", fx.encoder.cfg, fx.encoder.state_dict(), fx.frontend)
+    (tmp_path / "audio").mkdir()
+    clips = waves([0.7, 1.9, 1.1, 3.0, 0.5])
+    lines = []
+    for i, c in enumerate(clips):
+        soundfile.write(tmp_path / "audio" / f"{i}.wav", c.numpy(), SR, subtype="FLOAT")
+        lines.append(f"audio/{i}.wav\t{len(c)}")
+    (tmp_path / "audio" / "bad.wav").write_bytes(b"not audio")
+    lines.insert(2, "audio/bad.wav\t16000")
+    soundfile.write(tmp_path / "audio" / "tiny.wav", np.zeros(160, np.float32), SR)  # shorter than one frame
+    lines.append("audio/tiny.wav\t160")
+    (tmp_path / "train.tsv").write_text(f"{tmp_path}\n" + "\n".join(lines) + "\n")
+    return tmp_path, fx, clips
+
+
+def test_extract_features_tool_shards_index_and_resume(corpus):
+    from safetensors.torch import load_file
+
+    root, fx, clips = corpus
+    tool = extract_tool()
+    args = ["--encoder", str(root / "enc"), "--manifest", str(root / "train.tsv"), "--out", str(root / "feats"),
+            "--granularity", "frame", "--shard-size", "2", "--batch-size", "2", "--device", "cpu"]
+    tool.main(args)
+    index = json.loads((root / "feats" / "index.json").read_text())
+    assert index["num_embedded"] == 5 and index["num_bad"] == 2
+    assert [b[0] for b in index["bad"]] == ["audio/bad.wav", "audio/tiny.wav"] and "one" in index["bad"][1][1]
+    assert index["shards"] == [f"shard_0000{k}.safetensors" for k in range(4)]
+    for i, clip in enumerate(clips):
+        shard, row = index["clips"][f"audio/{i}.wav"]
+        data = load_file(root / "feats" / index["shards"][shard])
+        lo, hi = data["offsets"][row], data["offsets"][row + 1]
+        ref = fx.extract_features([clip], granularity="frame")
+        torch.testing.assert_close(data["embeddings"][lo:hi], ref.embeddings[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(data["timestamps"][lo:hi], ref.timestamps[0])
+
+    # resume: a missing shard is redone, finished ones are left alone
+    stamp = (root / "feats" / "shard_00000.safetensors").stat().st_mtime_ns
+    (root / "feats" / "shard_00001.json").unlink()
+    tool.main(args)
+    assert (root / "feats" / "shard_00000.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((root / "feats" / "index.json").read_text())["clips"] == index["clips"]
+    with pytest.raises(SystemExit, match="other settings"):
+        tool.main(args[:-4] + ["--granularity", "utterance", "--device", "cpu"])
+
+
+def test_extract_features_tool_npy_utterance_layers(corpus):
+    root, fx, clips = corpus
+    extract_tool().main(["--encoder", str(root / "enc"), "--manifest", str(root / "train.tsv"), "--out",
+                         str(root / "npy"), "--format", "npy", "--layers", "0", "-1", "--device", "cpu"])
+    index = json.loads((root / "npy" / "index.json").read_text())
+    emb = np.load(root / "npy" / "shard_00000" / "embeddings.npy")
+    assert emb.shape == (5, 2, 96)
+    shard, row = index["clips"]["audio/3.wav"]
+    ref = fx.extract_features([clips[3]], layers=[0, -1]).embeddings[0]
+    np.testing.assert_allclose(emb[row], ref.numpy(), atol=1e-5)
+    with pytest.raises(SystemExit, match="missing.tsv"):
+        extract_tool().main(["--encoder", str(root / "enc"), "--manifest", str(root / "missing.tsv"),
+                             "--out", str(root / "x")])
