@@ -176,3 +176,33 @@ def test_bf16_autocast_on_gpu_keeps_fp32_losses():
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     out["loss"].backward()
     model.after_optimizer_step(1)
+
+
+def test_fsdp2_sharded_student_and_teacher_match_plain_model(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        sharded, plain = _tiny_model(seed=4), _tiny_model(seed=4)
+        for enc in (sharded.student, sharded.teacher):  # the same wrapping for both, blocks then root
+            for block in enc.blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(enc, mesh=mesh)
+        assert isinstance(sharded.teacher.blocks[0].attn.qkv.weight, DTensor)
+        source = torch.randn(2, 256, 128)
+        mask = plain.make_masks(2, 256, generator=torch.Generator().manual_seed(0))
+        noise = torch.zeros(int(mask.sum()), 96)
+        for model in (sharded, plain):
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+            model(source, mask, noise=noise)["loss"].backward()  # student/teacher called through forward
+            opt.step()
+            model.after_optimizer_step(1)
+        got = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in sharded.teacher.state_dict().items()}
+        for name, value in plain.teacher.state_dict().items():
+            assert torch.allclose(got[name], value, atol=1e-6), name
+    finally:
+        dist.destroy_process_group()

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from eat.config import ConfigError, from_dict
 from eat.model.decoder import CNNDecoder
 from eat.model.masking import inverse_block_mask, mask_to_ids
-from eat.model.vit import Encoder, EncoderConfig, gather_tokens
+from eat.model.vit import Encoder, EncoderConfig
 
 
 @dataclass
@@ -181,7 +181,7 @@ class EATModel(nn.Module):
     @torch.no_grad()
     def targets(self, source: Tensor) -> Tensor:
         """Teacher targets ``y`` (B, N, D) in fp32 for the unmasked ``source``."""
-        _, ffn = self.teacher.forward_tokens(self.teacher.embed(source), return_ffn=True)
+        _, ffn = self.teacher(source, return_ffn=True)
         extra = self.cfg.encoder.num_extra_tokens
         layers = ffn[-self.cfg.average_top_k_layers :]
         y = None
@@ -226,7 +226,7 @@ class EATModel(nn.Module):
 
         y = self.targets(source)
 
-        x = self.student.forward_tokens(gather_tokens(self.student.embed(source), keep_ids))
+        x = self.student(source, keep_ids=keep_ids)
         cls_out, patches = x[:, 0], x[:, extra:]
 
         num_masked = masked_ids.shape[1]
@@ -265,7 +265,12 @@ class EATModel(nn.Module):
 
         Works on plain tensors and on DTensors, provided student and teacher are sharded the same way
         (the pairs are matched by position in ``parameters()``, so both must keep the same structure).
+        FSDP2 leaves a root module's parameters unsharded after a forward without backward (the teacher's);
+        every FSDP module is therefore resharded first (``reshard()``, a no-op when already sharded).
         """
+        for module in (*self.student.modules(), *self.teacher.modules()):
+            if callable(getattr(module, "reshard", None)):  # FSDP2 FSDPModule
+                module.reshard()
         weight = 1.0 - decay
         ema_t, ema_s = [], []
         for t, s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):

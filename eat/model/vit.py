@@ -324,9 +324,25 @@ class Encoder(nn.Module):
             x = self.norm(x)
         return (x, ffn_outputs) if return_ffn else x
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None, time_offset: int | None = None) -> Tensor:
-        """Spectrogram -> all output tokens (B, E + T'*F', D), extra tokens first."""
-        return self.forward_tokens(self.embed(x, time_offset), padding_mask)
+    def forward(
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        time_offset: int | None = None,
+        keep_ids: Tensor | None = None,
+        return_ffn: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Spectrogram -> output tokens (B, E + T'*F', D), extra tokens first.
+
+        ``keep_ids`` (R, V), R a multiple of B (sample-major clones, e.g. from ``mask_to_keep_ids``):
+        embed once, then run only those patch tokens of every row -> (R, E + V, D). ``padding_mask`` refers
+        to the tokens that run. Wrappers such as FSDP2 gather parameters only around ``forward``, so code
+        that may run sharded calls this rather than ``embed`` + ``forward_tokens``.
+        """
+        tokens = self.embed(x, time_offset)
+        if keep_ids is not None:
+            tokens = gather_tokens(tokens, keep_ids)
+        return self.forward_tokens(tokens, padding_mask, return_ffn)
 
     def _attention_mask(self, padding_mask: Tensor, seq_len: int) -> Tensor:
         extra = self.cfg.num_extra_tokens
