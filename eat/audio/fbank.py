@@ -228,7 +228,7 @@ def _mel_blocks(
     """The mel matrix cut into column groups of 16 filters, each with only the rows (FFT bins) it uses.
 
     Rows are doubled (real^2 and imag^2 of each bin share a weight). Each FFT bin feeds at most two
-    neighbouring filters, so this skips ~90 % of the multiply-adds of the dense ``[514, 128]`` product.
+    neighbouring filters, so this does 13 % of the multiply-adds of the dense product (128 EAT mels).
     """
     dense = mel_banks(num_mel_bins, n_fft, sample_rate, low_freq, high_freq, device).repeat_interleave(2, dim=0)
     groups = []
