@@ -55,10 +55,13 @@ def bench_fbank(clips: int, seconds: float, repeats: int, device: str) -> dict:
     waves = 0.1 * torch.randn(clips, int(seconds * sr), generator=g)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     on_device = waves.to(device)
-    ours = median_time(lambda: fbank(on_device, sample_rate=sr), repeats, sync)
-    loop = median_time(
-        lambda: [kaldi.fbank(w[None], sample_frequency=sr, **KALDI_ARGS) for w in on_device], repeats, sync
-    )
+    ours_times, loop_times = [], []
+    for _ in range(repeats):  # interleaved, so a busy machine slows both sides alike
+        ours_times.append(median_time(lambda: fbank(on_device, sample_rate=sr), 1, sync))
+        loop_times.append(median_time(
+            lambda: [kaldi.fbank(w[None], sample_frequency=sr, **KALDI_ARGS) for w in on_device], 1, sync
+        ))
+    ours, loop = statistics.median(ours_times), statistics.median(loop_times)
     return {"clips": clips, "seconds": seconds, "device": device, "eat_batched_s": ours,
             "torchaudio_loop_s": loop, "speedup": loop / ours}
 
