@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -242,6 +243,11 @@ def export_onnx(extractor: FeatureExtractor, path: str | os.PathLike, num_frames
     (a multiple of 16 for EAT), and at most the positional table's length; pad with
     :attr:`FeatureExtractor.pad_value`. ``num_frames`` is the example length traced (default: the
     training length). Needs the ``onnx`` package (the ``onnx`` extra).
+
+    This uses PyTorch's TorchScript-based exporter (``dynamo=False``): it needs only ``onnx``, and tracing
+    records the positional-table slice as a function of the input length, so the time axis really is
+    dynamic (checked against onnxruntime in ``tests/test_onnx.py``). The newer ``torch.export`` exporter
+    would additionally need ``onnxscript`` and a ``16 * k`` shape constraint.
     """
     enc = extractor.encoder
     frames = num_frames or extractor.frontend.target_length
@@ -252,7 +258,11 @@ def export_onnx(extractor: FeatureExtractor, path: str | os.PathLike, num_frames
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, frames, enc.cfg.num_mel_bins, device=extractor._device())
     model = _TokensOnly(enc).eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the shape checks in Encoder.embed are Python ifs: the tracer warns that they are frozen (expected);
+        # the TorchScript exporter is used on purpose (see the docstring), so its deprecation notice is noise
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model, (example,), str(path), input_names=["fbank"], output_names=["tokens"],
             dynamic_axes={"fbank": {0: "batch", 1: "frames"}, "tokens": {0: "batch", 1: "tokens"}},
