@@ -253,14 +253,17 @@ def eat_config_from_fairseq(model_cfg: dict, encoder_cfg: EncoderConfig) -> tupl
         return None, [str(e)]
 
 
-def encoder_config_from_hf(hf_cfg: dict) -> EncoderConfig:
-    """EncoderConfig from the Hugging Face port's ``config.json``."""
+def encoder_config_from_hf(hf_cfg: dict, positions_rows: int | None = None) -> EncoderConfig:
+    """EncoderConfig from the Hugging Face port's ``config.json``; ``positions_rows`` (the stored table's
+    row count) takes precedence over its ``max_length``."""
     if hf_cfg.get("layer_norm_first", False):
         raise ConversionError("unsupported HF config: layer_norm_first=True")
     patch = int(hf_cfg.get("patch_size", 16))
     stride = int(hf_cfg.get("stride", patch))
     mels = int(hf_cfg.get("mel_bins", 128))
     img_size = hf_cfg.get("img_size") or [1024, mels]
+    freq_patches = (mels - patch) // stride + 1
+    max_time = int(hf_cfg.get("max_length", 768)) if positions_rows is None else positions_rows // freq_patches
     return EncoderConfig(
         embed_dim=int(_need(hf_cfg, "embed_dim", "config.json")),
         depth=int(_need(hf_cfg, "depth", "config.json")),
@@ -272,7 +275,7 @@ def encoder_config_from_hf(hf_cfg: dict) -> EncoderConfig:
         num_mel_bins=mels,
         target_length=int(img_size[0]),
         pos_embed="sincos",
-        max_time_patches=int(hf_cfg.get("max_length", 768)),
+        max_time_patches=max_time,
         num_extra_tokens=1,
         qkv_bias=bool(hf_cfg.get("qkv_bias", True)),
         norm_eps=float(hf_cfg.get("norm_eps", 1e-6)),
@@ -364,7 +367,8 @@ def _fairseq_finetune(model_cfg: dict, sd: dict[str, Tensor]) -> Converted:
 
 
 def _from_hf(sd: dict[str, Tensor], hf_cfg: dict) -> Converted:
-    enc_cfg = encoder_config_from_hf(hf_cfg)
+    positions = sd.get("model.fixed_positional_encoder.positions")
+    enc_cfg = encoder_config_from_hf(hf_cfg, None if positions is None else positions.shape[1])
     head, enc_sd = _split(sd, "model.fc_norm.")
     head_proj, enc_sd = _split(enc_sd, "model.head.")
     head |= head_proj

@@ -232,6 +232,8 @@ class EATModel(nn.Module):
         num_masked = masked_ids.shape[1]
         if noise is None:
             noise = torch.randn(rows, num_masked, dim, device=device, dtype=patches.dtype) * cfg.mask_noise_std
+        elif noise.shape != (rows * num_masked, dim):
+            raise ValueError(f"noise must be ({rows * num_masked}, {dim}) (masked tokens, D), got {tuple(noise.shape)}")
         else:
             noise = noise.reshape(rows, num_masked, dim).to(device=device, dtype=patches.dtype)
         order = torch.cat([keep_ids, masked_ids], dim=1)[..., None].expand(-1, -1, dim)
@@ -247,7 +249,11 @@ class EATModel(nn.Module):
         utterance_loss = cls_err.sum() if cfg.utterance_reduction == "official" else cls_err.mean()
         loss = cfg.frame_loss_weight * frame_loss + cfg.cls_loss_weight * utterance_loss
         with torch.no_grad():
-            stats = {"pred_var": _spread(pred), "target_var": _spread(target), "sample_size": mask.sum()}
+            stats = {
+                "pred_var": _spread(pred),
+                "target_var": _spread(target),
+                "sample_size": torch.full((), rows * num_masked, device=device, dtype=torch.long),
+            }
         return {"loss": loss, "frame_loss": frame_loss, "utterance_loss": utterance_loss, **stats}
 
     # ---------------------------------------------------------------- EMA teacher

@@ -18,7 +18,6 @@ post-LN blocks pre-LN2): EAT's teacher builds its targets from it.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -273,7 +272,7 @@ class Encoder(nn.Module):
             )
         if time_offset is None:
             random_window = self.cfg.pos_embed == "learned_separate" and self.training
-            time_offset = random.randint(0, table_len - time_patches) if random_window else 0
+            time_offset = int(torch.randint(0, table_len - time_patches + 1, ())) if random_window else 0
         if not 0 <= time_offset <= table_len - time_patches:
             raise ValueError(f"time_offset {time_offset} + {time_patches} patches exceeds the table ({table_len})")
         if self.cfg.pos_embed == "learned_separate":
