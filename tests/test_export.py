@@ -25,6 +25,12 @@ FIXTURES = ROOT / "tests" / "fixtures"
 FRONTEND = FrontendConfig(target_length=256)
 
 
+def _env():
+    from eat.train.dist import DistEnv
+
+    return DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
 def tiny_encoder(seed: int = 0) -> Encoder:
     torch.manual_seed(seed)
     return Encoder(eat_config("tiny").encoder).eval()
@@ -214,38 +220,50 @@ def test_official_checkpoint_exports_and_reproduces_official_features(tmp_path):
         assert not torch.allclose(load_encoder(tmp_path / "teacher")(fx["source"]), fx["features"], atol=1e-2)
 
 
-def test_our_pretraining_and_finetuning_checkpoints(tmp_path):
+def test_our_pretraining_checkpoint_student_and_teacher(tmp_path):
     from eat.model.eat import EATModel
     from eat.train.checkpoint import save_checkpoint
-    from eat.train.dist import DistEnv
-
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     torch.manual_seed(0)
     model = EATModel(eat_config("tiny"))
     with torch.no_grad():
         model.teacher.blocks[0].attn.qkv.weight.add_(1.0)  # make teacher != student
-    frontend = FrontendConfig.from_preset("esc50", target_length=256)
-    config = {"model": to_dict(model.cfg), "data": {"frontend": to_dict(frontend)}}
-    opt = torch.optim.AdamW(model.parameters())
-    save_checkpoint(tmp_path / "run", 12, model, opt, env, {}, {}, config=config)
+    # the resolved config recipes/pretrain_as2m.py saves: model = preset + EATConfig, data.norm = preset name
+    config = {"model": {"preset": "tiny", **to_dict(model.cfg)}, "data": {"norm": "esc50", "crop": "head"}}
+    save_checkpoint(tmp_path / "run", 12, model, torch.optim.AdamW(model.parameters()), _env(), {}, {}, config=config)
 
     assert run_tool(tmp_path / "run", tmp_path / "student") is None  # run dir: newest step
     assert run_tool(tmp_path / "run" / "step_000012", tmp_path / "teacher", "--teacher") is None
     x = torch.randn(1, 256, 128)
     student, teacher = load_encoder(tmp_path / "student"), load_encoder(tmp_path / "teacher")
     assert torch.equal(student(x), model.student.eval()(x)) and torch.equal(teacher(x), model.teacher(x))
-    assert student.frontend == frontend
+    assert student.frontend == FrontendConfig.from_preset("esc50", target_length=256)
     assert json.loads((tmp_path / "student" / "config.json").read_text())["meta"]["step"] == 12
+    assert run_tool(tmp_path / "run", tmp_path / "s2", "--frontend-preset", "spc2") is None
+    assert load_encoder(tmp_path / "s2").frontend == FrontendConfig.from_preset("spc2")
 
+
+def test_our_finetuning_checkpoint(tmp_path):
+    from eat.train.checkpoint import save_checkpoint
+    from eat.train.finetune import FinetuneConfig
+
+    torch.manual_seed(0)
+    ft = FinetuneConfig()
+    ft.model.preset, ft.model.prediction_mode = "tiny", "mean"
+    ft.data.frontend = FrontendConfig.from_preset("esc50", target_length=256)
     clf = Classifier(ClassifierConfig(encoder=eat_config("tiny").encoder, num_classes=3, prediction_mode="mean"))
-    config = {"model": to_dict(clf.cfg), "data": {"frontend": to_dict(frontend)}}
-    save_checkpoint(tmp_path / "ft", 5, clf, torch.optim.AdamW(clf.parameters()), env, {}, {}, config=config)
+    holder = torch.nn.Module()  # recipes/finetune.py trains FinetuneModel, whose classifier sits at .classifier
+    holder.classifier = clf
+    save_checkpoint(tmp_path / "ft", 5, holder, torch.optim.AdamW(holder.parameters()), _env(), {}, {},
+                    config=to_dict(ft))
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
     assert run_tool(tmp_path / "ft", tmp_path / "clf", "--class-names", tmp_path / "names.txt") is None
     loaded = load_classifier(tmp_path / "clf")
+    x = torch.randn(2, 256, 128)
     assert torch.equal(loaded(x), clf.eval()(x)) and loaded.class_names == ["a", "b", "c"]
-    assert loaded.classifier.cfg.prediction_mode == "mean"
-    assert "no teacher" in run_tool(tmp_path / "ft", tmp_path / "x", "--teacher")
+    assert loaded.classifier.cfg.prediction_mode == "mean" and loaded.frontend == ft.data.frontend
+    assert "EMA teacher" in run_tool(tmp_path / "ft", tmp_path / "x", "--teacher")
+    (tmp_path / "four.txt").write_text("a\nb\nc\nd\n")
+    assert "class_names must list 3" in run_tool(tmp_path / "ft", tmp_path / "x", "--class-names", tmp_path / "four.txt")
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -20,20 +20,24 @@ recipe (official checkpoints); ``--frontend-preset`` / ``--target-length`` overr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from eat.audio.fbank import FrontendConfig
+from eat.audio.fbank import NORM_PRESETS, FrontendConfig
 from eat.config import ConfigError, from_dict, to_dict
 from eat.data.manifest import ManifestError, read_class_csv
 from eat.export import CONFIG_FILE as EXPORT_CONFIG
 from eat.export import FORMAT, ExportError, save_export
+from eat.model.classifier import ClassifierConfig
 from eat.model.vit import EncoderConfig
 
 
@@ -53,9 +57,7 @@ def export_checkpoint(
     step_dir = _our_checkpoint(src)
     if step_dir is not None:
         return _export_ours(step_dir, out, teacher, preset, target_length, class_names)
-    if teacher:
-        return _export_official_teacher(src, out, preset, target_length)
-    return _export_official(src, out, preset, target_length, class_names)
+    return _export_official(src, out, teacher, preset, target_length, class_names)
 
 
 # ---------------------------------------------------------------------------------------------- ours
@@ -90,33 +92,71 @@ def _export_ours(step: Path, out: Path, teacher: bool, preset: str | None, targe
     except (SafetensorError, OSError) as e:
         raise ToolError(f"{step / 'model.safetensors'}: unreadable ({str(e).splitlines()[0]})") from None
     cfg = _read_run_config(step)
-    model_cfg = _find_model_config(cfg, step)
-    enc_cfg = _encoder_config(model_cfg["encoder"], step)
-    found = _find_mapping(cfg, "frontend")
-    if found is None and preset is None:
-        print(f"note: {step} has no 'frontend' settings; using the AudioSet recipe with "
-              f"{enc_cfg.target_length} frames (pass --frontend-preset to choose)", file=sys.stderr)
-    frontend = _frontend(found, preset, target_length, step, enc_cfg.target_length)
     meta: dict[str, Any] = {"source": str(step.resolve()), "step": _step_of(step)}
     if any(k.startswith("student.") for k in state):
-        part = "teacher" if teacher else "student"
-        sd = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(f"{part}.")}
-        if not sd:
-            raise ToolError(f"{step}: the checkpoint has no {part} weights")
-        path = save_export(out, enc_cfg, sd, frontend, meta={**meta, "kind": f"pretrain-{part}"})
-        return path, f"pretraining {part} encoder from {step}"
-    if "head.weight" in state and any(k.startswith("encoder.") for k in state):
-        if teacher:
-            raise ToolError(f"{step}: a fine-tuning checkpoint has no teacher; drop --teacher")
-        head = {"num_classes": int(state["head.weight"].shape[0]),
-                "prediction_mode": model_cfg.get("prediction_mode", "cls"),
-                "head_norm_eps": float(model_cfg.get("head_norm_eps", 1e-6))}
-        if class_names is not None:
-            head["class_names"] = class_names
-        path = save_export(out, enc_cfg, state, frontend, head=head, meta={**meta, "kind": "finetune"})
-        return path, f"fine-tuned classifier ({head['num_classes']} classes) from {step}"
-    raise ToolError(f"{step / 'model.safetensors'}: neither a pretraining (student.*) nor a fine-tuning "
-                    "(encoder.* + head.*) state dict")
+        return _export_pretrain(step, out, state, cfg, teacher, preset, target_length, meta)
+    if teacher:
+        raise ToolError(f"{step}: only pretraining checkpoints have an EMA teacher; drop --teacher")
+    if "classifier.head.weight" in state:  # recipes/finetune.py: FinetuneModel(classifier=...)
+        state = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
+        ccfg, frontend = _finetune_configs(cfg, int(state["head.weight"].shape[0]), step)
+    elif "head.weight" in state and any(k.startswith("encoder.") for k in state):  # a bare Classifier
+        model_cfg = _find_model_config(cfg, step)
+        try:
+            ccfg = from_dict(ClassifierConfig, {k: v for k, v in model_cfg.items() if k != "preset"}, "model")
+        except ConfigError as e:
+            raise ToolError(f"{step}/config.yaml: {e}") from None
+        frontend = _find_mapping(cfg, "frontend")
+    else:
+        raise ToolError(f"{step / 'model.safetensors'}: neither a pretraining (student.*) nor a fine-tuning "
+                        "(classifier.* or encoder.* + head.*) state dict")
+    frontend = _frontend(to_dict(frontend), preset, target_length, step, ccfg.encoder.target_length)
+    head = {"num_classes": ccfg.num_classes, "prediction_mode": ccfg.prediction_mode,
+            "head_norm_eps": ccfg.head_norm_eps}
+    if class_names is not None:
+        head["class_names"] = class_names
+    path = save_export(out, ccfg.encoder, state, frontend, head=head, meta={**meta, "kind": "finetune"})
+    return path, f"fine-tuned classifier ({ccfg.num_classes} classes) from {step}"
+
+
+def _export_pretrain(step: Path, out: Path, state: dict, cfg: dict, teacher: bool, preset: str | None,
+                     target_length: int | None, meta: dict) -> tuple[Path, str]:
+    """recipes/pretrain_as2m.py runs: ``model`` holds the EATConfig (with ``encoder``), ``data.norm`` the
+    normalisation preset; the front-end's length is the encoder's."""
+    model_cfg = _find_model_config(cfg, step)
+    enc_cfg = _encoder_config(model_cfg["encoder"], step)
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    frontend = _find_mapping(cfg, "frontend")
+    if frontend is None and data.get("norm") in NORM_PRESETS:
+        frontend = to_dict(FrontendConfig.from_preset(data["norm"], target_length=enc_cfg.target_length,
+                                                      num_mel_bins=enc_cfg.num_mel_bins))
+        frontend["crop"] = data.get("crop", "head")
+    elif frontend is None and preset is None:
+        print(f"note: {step} names no front-end; using the AudioSet recipe (pass --frontend-preset to choose)",
+              file=sys.stderr)
+    part = "teacher" if teacher else "student"
+    sd = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(f"{part}.")}
+    if not sd:
+        raise ToolError(f"{step}: the checkpoint has no {part} weights")
+    frontend_cfg = _frontend(frontend, preset, target_length, step, enc_cfg.target_length)
+    path = save_export(out, enc_cfg, sd, frontend_cfg, meta={**meta, "kind": f"pretrain-{part}"})
+    return path, f"pretraining {part} encoder from {step}"
+
+
+def _finetune_configs(cfg: dict, num_classes: int, step: Path) -> tuple[ClassifierConfig, FrontendConfig]:
+    """The classifier and front-end of a recipes/finetune.py run, rebuilt the way the recipe builds them
+    (an ``--init`` export must still exist: the architecture is read from it)."""
+    from eat.train.finetune import FinetuneConfig, build_classifier
+
+    try:
+        ft = from_dict(FinetuneConfig, cfg)
+        section = dataclasses.replace(ft.model, imagenet="")  # the shape is all we need, not the init weights
+        with torch.device("meta"), warnings.catch_warnings():  # built for its config only: no real weights
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+            classifier = build_classifier(section, num_classes, ft.data.frontend.target_length)
+    except ConfigError as e:
+        raise ToolError(f"{step}/config.yaml: {e}") from None
+    return classifier.cfg, ft.data.frontend
 
 
 def _read_run_config(step: Path) -> dict:
@@ -172,8 +212,9 @@ def _step_of(step: Path) -> int | None:
 # ---------------------------------------------------------------------------------------------- official
 
 
-def _export_official(src: Path, out: Path, preset: str | None, target_length: int | None,
+def _export_official(src: Path, out: Path, teacher: bool, preset: str | None, target_length: int | None,
                      class_names: list[str] | None) -> tuple[Path, str]:
+    """Official checkpoints go through :func:`eat.model.convert.load_official` (weights-only loading)."""
     from eat.model.convert import ConversionError, load_official
 
     try:
@@ -181,8 +222,12 @@ def _export_official(src: Path, out: Path, preset: str | None, target_length: in
     except ConversionError as e:
         raise ToolError(str(e)) from None
     frontend = _frontend(None, preset, target_length, src, conv.encoder_cfg.target_length)
-    meta = {"source": str(src.resolve()), "step": None, "kind": f"official-{conv.source_format}",
-            "notes": conv.notes}
+    meta = {"source": str(src.resolve()), "step": None, "kind": f"official-{conv.source_format}", "notes": conv.notes}
+    if teacher:
+        if conv.teacher is None:
+            raise ToolError(f"{src}: this {conv.source_format} checkpoint has no EMA teacher (_ema); drop --teacher")
+        path = save_export(out, conv.encoder_cfg, conv.teacher, frontend, meta={**meta, "kind": meta["kind"] + "-teacher"})
+        return path, f"official {conv.source_format} EMA teacher from {src}"
     if conv.head is None:
         path = save_export(out, conv.encoder_cfg, conv.encoder, frontend, meta=meta)
         return path, f"official {conv.source_format} encoder (student) from {src}"
@@ -192,20 +237,6 @@ def _export_official(src: Path, out: Path, preset: str | None, target_length: in
         head["class_names"] = class_names
     path = save_export(out, conv.encoder_cfg, conv.classifier_state_dict(), frontend, head=head, meta=meta)
     return path, f"official {conv.source_format} classifier ({conv.num_classes} classes) from {src}"
-
-
-def _export_official_teacher(src: Path, out: Path, preset: str | None, target_length: int | None) -> tuple[Path, str]:
-    from eat.model.convert import ConversionError, load_official
-
-    try:
-        conv = load_official(src)
-    except ConversionError as e:
-        raise ToolError(str(e)) from None
-    if conv.teacher is None:
-        raise ToolError(f"{src}: this {conv.source_format} checkpoint has no EMA teacher (_ema); drop --teacher")
-    frontend = _frontend(None, preset, target_length, src, conv.encoder_cfg.target_length)
-    meta = {"source": str(src.resolve()), "step": None, "kind": f"official-{conv.source_format}-teacher"}
-    return save_export(out, conv.encoder_cfg, conv.teacher, frontend, meta=meta), f"official teacher from {src}"
 
 
 # ---------------------------------------------------------------------------------------------- shared
