@@ -220,6 +220,24 @@ def test_official_checkpoint_exports_and_reproduces_official_features(tmp_path):
         assert not torch.allclose(load_encoder(tmp_path / "teacher")(fx["source"]), fx["features"], atol=1e-2)
 
 
+def test_official_finetuned_checkpoint_reproduces_official_logits(tmp_path):
+    ft = torch.load(FIXTURES / "eat_tiny_finetune_parity.pt", weights_only=True)
+    c = ft["config"]
+    image = {"patch_size": c["patch_size"], "in_chans": c["in_chans"], "num_extra_tokens": c["num_extra_tokens"],
+             "target_length": c["target_length"]}
+    pre = {"_name": "data2vec_multi", "embed_dim": c["embed_dim"], "depth": c["depth"], "num_heads": c["num_heads"],
+           "norm_eps": c["norm_eps"], "modalities": {"image": image}}
+    model_cfg = {"_name": "mae_image_classification", "prediction_mode": c["prediction_mode"],
+                 "use_fc_norm": True, "pretrained_model_args": {"model": pre}}
+    torch.save({"cfg": {"model": model_cfg}, "model": ft["state_dict"]}, tmp_path / "ft.pt")
+    (tmp_path / "names.txt").write_text("".join(f"c{i}\n" for i in range(10)))
+    assert run_tool(tmp_path / "ft.pt", tmp_path / "clf", "--class-names", tmp_path / "names.txt") is None
+    clf = load_classifier(tmp_path / "clf")
+    with torch.no_grad():
+        torch.testing.assert_close(clf(ft["source"]), ft["logits"], atol=1e-5, rtol=0)
+    assert clf.class_names[-1] == "c9" and clf.classifier.cfg.head_norm_eps == 1e-6
+
+
 def test_our_pretraining_checkpoint_student_and_teacher(tmp_path):
     from eat.model.eat import EATModel
     from eat.train.checkpoint import save_checkpoint
