@@ -1,0 +1,398 @@
+"""One fine-tuning run: build the classifier, the loaders and the training step, train, evaluate.
+
+The pieces the generic :class:`~eat.train.trainer.Trainer` needs come from here:
+
+* :class:`FinetuneModel` - classifier + model-side augmentation (spectrogram mixup, SpecAugment, SPC-2
+  noise, in EAT's order, training mode only) + the task's loss; ``forward(source, target)`` returns
+  ``{"loss": ...}``.
+* :class:`BatchPrep` - moves a batch to the device, turns class indices into one-hot rows when the loss
+  or mixup needs soft targets, and, when the loaders return waveforms, does waveform mixup and the fbank
+  on the device.
+* :class:`EvalTracker` - the per-epoch evaluation (accuracy, or mAP / mAUC / d-prime for multi-label
+  tasks) with a progress bar; keeps the best model as an export directory (``<out>/best``).
+
+:func:`run_finetune` wires them for one train/eval split; ``recipes/finetune.py`` loops over ESC-50 folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from eat.audio.augment import AugmentConfig, augment_batch, augment_waveform, mixup
+from eat.audio.fbank import FrontendConfig, waveform_to_input
+from eat.config import ConfigError, to_dict
+from eat.data.datasets import LabelledDataset
+from eat.data.loaders import (
+    ResumableDistributedSampler,
+    SkippingLoader,
+    WeightedSampler,
+    build_loader,
+    class_balanced_weights,
+)
+from eat.data.manifest import LabelSet
+from eat.eval.metrics import accuracy, multilabel_summary
+from eat.model.classifier import Classifier, ClassifierConfig, PatchoutConfig, classifier_config
+from eat.model.imagenet_init import from_imagenet_vit
+from eat.model.vit import EncoderConfig
+from eat.train.dist import DistEnv
+from eat.train.finetune_data import DataSection, read_weights
+from eat.train.layer_decay import finetune_param_groups
+from eat.train.losses import classification_loss
+from eat.train.optim import OptimConfig
+from eat.train.trainer import TrainConfig, Trainer
+
+# Encoder fields that do not change the parameters' meaning (length, regularisation, init scale).
+NON_ARCH_KEYS = {"target_length", "drop_path", "attn_drop", "proj_drop", "extra_token_std"}
+
+
+@dataclass
+class ModelSection:
+    """Which classifier to fine-tune and from what.
+
+    ``preset``: ``tiny`` / ``base`` / ``large`` (EAT encoders with a CLS head), ``ast_base`` or ``passt_s``;
+    empty means "the architecture in ``init``'s config.json", or ``base`` without ``init``. ``init`` is an
+    exported encoder directory; ``imagenet`` a timm/DeiT ViT state dict (safetensors or weights-only torch
+    file) for the AST / PaSST presets. Empty ``prediction_mode`` takes the preset's head.
+    """
+
+    preset: str = ""
+    init: str = ""
+    imagenet: str = ""
+    prediction_mode: Literal["", "cls", "mean", "cls_dist"] = ""
+    drop_path: float = 0.1
+    patchout: PatchoutConfig = field(default_factory=PatchoutConfig)
+
+
+@dataclass
+class LossSection:
+    """``kind``: ``auto`` (BCE for multi-label data, else CE), ``ce`` or ``bce`` (EAT's SPC-2 path)."""
+
+    kind: Literal["auto", "ce", "bce"] = "auto"
+    label_smoothing: float = 0.0
+    bce_norm: Literal["mean", "batch", "positives"] = "mean"
+
+
+@dataclass
+class LayerDecaySection:
+    """Layer-wise LR decay (1.0 = off); ``form`` as in :mod:`eat.train.layer_decay`."""
+
+    decay: float = 0.65
+    form: Literal["eat", "beit"] = "eat"
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything of a fine-tuning run; ``recipes/configs/finetune_*.yaml`` hold the official settings.
+
+    Evaluation runs every ``eval_every_epochs`` epochs (``train.eval_every`` is derived from it) and once
+    at the end.
+    """
+
+    task: str = "generic"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossSection = field(default_factory=LossSection)
+    layer_decay: LayerDecaySection = field(default_factory=LayerDecaySection)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=5e-5, min_lr=1e-6, warmup_steps=400, clip_grad=0.0)
+    )
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(out_dir="outputs/finetune", max_steps=4000, save_every=0, keep_last=1,
+                                            log_every=50)
+    )
+    eval_every_epochs: int = 1
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def check_architecture(found: EncoderConfig, wanted: EncoderConfig, where: str, preset: str) -> None:
+    """Raise a one-line :class:`ConfigError` naming the first architecture key that differs."""
+    for f in dataclasses.fields(EncoderConfig):
+        if f.name in NON_ARCH_KEYS:
+            continue
+        a, b = getattr(found, f.name), getattr(wanted, f.name)
+        if a != b:
+            raise ConfigError(f"{where}: encoder.{f.name} is {a!r} there but {b!r} in preset '{preset}'; "
+                              "drop --preset to use the exported architecture")
+
+
+def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"model.imagenet: {p} not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(p)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling refusal or corruption is a bad user file
+        raise ConfigError(f"model.imagenet: {p} is not a weights-only torch file ({str(e).splitlines()[0]})") from None
+    return obj.get("model", obj) if isinstance(obj, dict) else obj
+
+
+def build_classifier(model: ModelSection, num_classes: int, target_length: int) -> Classifier:
+    """The classifier a :class:`ModelSection` describes, for inputs of ``target_length`` frames."""
+    common = dict(drop_path=model.drop_path, patchout=model.patchout)
+    if model.prediction_mode:
+        common["prediction_mode"] = model.prediction_mode
+    if not model.init:
+        cfg = classifier_config(model.preset or "base", num_classes, target_length, **common)
+        classifier = Classifier(cfg)
+        if model.imagenet:
+            classifier.encoder.load_state_dict(from_imagenet_vit(_load_weights_file(model.imagenet), cfg.encoder))
+        return classifier
+
+    from eat.export import ExportError, read_export
+
+    try:
+        exported, tensors = read_export(model.init)
+    except ExportError as e:
+        raise ConfigError(f"--init: {e}") from None
+    base = classifier_config(model.preset, num_classes, target_length) if model.preset else None
+    if base is not None:
+        check_architecture(exported.encoder, base.encoder, str(Path(model.init) / "config.json"), model.preset)
+    enc_cfg = dataclasses.replace(exported.encoder, target_length=target_length)
+    head = {"prediction_mode": "cls" if enc_cfg.num_extra_tokens == 1 else "cls_dist", "head_norm_eps": 1e-6}
+    if base is not None:
+        head = {"prediction_mode": base.prediction_mode, "head_norm_eps": base.head_norm_eps}
+    classifier = Classifier(ClassifierConfig(encoder=enc_cfg, num_classes=num_classes, **{**head, **common}))
+    enc_tensors = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
+    expected = classifier.encoder.state_dict()
+    for key, value in enc_tensors.items():
+        if key in expected and expected[key].shape != value.shape:
+            raise ConfigError(f"--init {model.init}: tensor encoder.{key} has shape {tuple(value.shape)}, the "
+                              f"model for {target_length} frames needs {tuple(expected[key].shape)}")
+    classifier.encoder.load_state_dict(enc_tensors)
+    return classifier
+
+
+class FinetuneModel(torch.nn.Module):
+    """Classifier + model-side training augmentation + loss; ``forward(source, target) -> {"loss"}``."""
+
+    def __init__(self, classifier: Classifier, augment: AugmentConfig, loss: LossSection, multi_label: bool,
+                 seed: int = 0):
+        super().__init__()
+        self.classifier = classifier
+        self.augment = augment
+        self.loss_cfg = loss
+        self.use_bce = multi_label or loss.kind == "bce"
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.training:
+            source, target = augment_batch(source, target, self.augment, self.generator)
+        logits = self.classifier(source)
+        loss = classification_loss(logits, target, self.use_bce, self.loss_cfg.label_smoothing, self.loss_cfg.bce_norm)
+        return {"loss": loss}
+
+
+class BatchPrep:
+    """The trainer's ``prepare``: batch to device, soft targets when needed, waveform mixup + fbank."""
+
+    def __init__(self, frontend: FrontendConfig, augment: AugmentConfig, num_classes: int, soft_targets: bool,
+                 seed: int = 0):
+        self.frontend, self.augment = frontend, augment
+        self.num_classes, self.soft_targets = num_classes, soft_targets
+        self.generator = torch.Generator().manual_seed(seed + 7919)
+
+    def __call__(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
+        target = batch["target"].to(device, non_blocking=True)
+        if self.soft_targets and target.dim() == 1:
+            target = F.one_hot(target, self.num_classes).float()
+        if "wave" in batch:
+            wave = batch["wave"].to(device, non_blocking=True)
+            length = batch["length"].to(device, non_blocking=True)
+            a = self.augment
+            if a.wave_mixup_prob > 0:
+                wave, target, _ = mixup(wave, target, a.wave_mixup_alpha, a.wave_mixup_prob, self.generator,
+                                        a.mixup_per_example, a.mixup_dominant)
+                length = torch.maximum(length, length.flip(0))
+            source = waveform_to_input(wave, self.frontend, length)
+        else:
+            source = batch["source"].to(device, non_blocking=True)
+        return {"source": source, "target": target}, {"clips": float(source.shape[0])}
+
+
+def _wave_transform(wave: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    return augment_waveform(wave, cfg, generator)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def predict(classifier: Classifier, loader: SkippingLoader, frontend: FrontendConfig, env: DistEnv,
+            desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets of every clip of ``loader`` (all ranks' shares, in dataset order)."""
+    was_training = classifier.training
+    classifier.eval()
+    device = env.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    indices, logits, targets = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not env.is_main, dynamic_ncols=True):
+        if "wave" in batch:
+            x = waveform_to_input(batch["wave"].to(device), frontend, batch["length"].to(device))
+        else:
+            x = batch["source"].to(device, non_blocking=True)
+        with autocast:
+            out = classifier(x)
+        indices.append(batch["index"])
+        logits.append(out.float().cpu())
+        targets.append(batch["target"])
+    classifier.train(was_training)
+    index, logit, target = torch.cat(indices), torch.cat(logits), torch.cat(targets)
+    if env.distributed:
+        parts: list[Any] = [None] * env.world_size
+        dist.all_gather_object(parts, (index, logit, target))
+        index, logit, target = (torch.cat([p[i] for p in parts]) for i in range(3))
+    order = torch.argsort(index, stable=True)
+    index, logit, target = index[order], logit[order], target[order]
+    first = torch.ones_like(index, dtype=torch.bool)  # padded shares repeat some clips
+    first[1:] = index[1:] != index[:-1]
+    return logit[first], target[first]
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> dict[str, float]:
+    """``mAP``, ``mAUC``, ``d_prime`` (multi-label, on sigmoid scores) or ``acc`` and ``loss`` (CE)."""
+    if multi_label:
+        return multilabel_summary(torch.sigmoid(logits), targets)
+    return {"acc": accuracy(logits, targets), "loss": float(F.cross_entropy(logits, targets.long()))}
+
+
+class EvalTracker:
+    """The trainer's ``eval_fn``: evaluate, remember every result and keep the best model exported."""
+
+    def __init__(self, loader: SkippingLoader, cfg: FinetuneConfig, labels: LabelSet, env: DistEnv, out_dir: Path):
+        self.loader, self.cfg, self.labels, self.env = loader, cfg, labels, env
+        self.metric = "mAP" if labels.multi_label else "acc"
+        self.best_dir = out_dir / "best"
+        self.record = out_dir / "best_metrics.json"
+        self.best: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        if self.record.is_file() and (self.best_dir / "config.json").is_file():  # a resumed run keeps its best
+            self.best = json.loads(self.record.read_text())
+
+    def __call__(self, module: FinetuneModel, step: int) -> dict[str, float]:
+        logits, targets = predict(module.classifier, self.loader, self.cfg.data.frontend, self.env)
+        metrics = classification_metrics(logits, targets, self.labels.multi_label)
+        self.last = {"step": step, **metrics}
+        self.history.append(self.last)
+        value = metrics[self.metric]
+        if not self.best or (math.isfinite(value) and value > self.best[self.metric]):
+            self.best = {"step": step, **metrics}
+            if self.env.is_main:
+                export_classifier(module.classifier, self.best_dir, self.cfg, self.labels, self.best)
+                self.record.write_text(json.dumps(self.best, indent=1) + "\n")
+        return {**metrics, f"best_{self.metric}": self.best[self.metric]}
+
+
+def export_classifier(classifier: Classifier, out: Path, cfg: FinetuneConfig, labels: LabelSet,
+                      meta: dict[str, Any]) -> Path:
+    """Write ``classifier`` as an export directory (loadable with ``eat.export.load_classifier``)."""
+    from eat.export import save_export
+
+    c = classifier.cfg
+    head = {"num_classes": c.num_classes, "prediction_mode": c.prediction_mode, "head_norm_eps": c.head_norm_eps,
+            "class_names": list(labels.class_names)}
+    return save_export(out, c.encoder, classifier.state_dict(), cfg.data.frontend, head=head,
+                       meta={"source": f"finetune:{cfg.task}", **meta})
+
+
+# ------------------------------------------------------------------------------------------ a run
+
+
+@dataclass
+class FinetuneResult:
+    """What a run reports: the final evaluation, the best one (with its step) and every evaluation."""
+
+    metric: str
+    last: dict[str, float]
+    best: dict[str, float]
+    history: list[dict[str, float]]
+    out_dir: Path
+    status: str
+
+
+def build_loaders(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet,
+                  env: DistEnv) -> tuple[SkippingLoader, SkippingLoader]:
+    """Training loader (shuffled or class-weighted, with waveform augmentation) and evaluation loader."""
+    data, aug, seed = cfg.data, cfg.augment, cfg.train.seed
+    wave_tf = None
+    if aug.roll or aug.gain != "none":
+        wave_tf = functools.partial(_wave_transform, cfg=aug)
+    on_device = data.fbank_on_device or aug.wave_mixup_prob > 0
+    train_ds = LabelledDataset.from_labels(train_set, data.frontend, wave_transform=wave_tf, train=True,
+                                           return_waveform=on_device, seed=seed,
+                                           max_bad_fraction=data.max_bad_fraction)
+    if data.weighted_sampling:
+        if data.epoch_samples <= 0:
+            raise ConfigError("data.epoch_samples must be positive with data.weighted_sampling")
+        weights = (read_weights(data.sample_weights, len(train_set)) if data.sample_weights
+                   else class_balanced_weights(train_set.items, train_set.num_classes))
+        sampler = WeightedSampler(weights, data.epoch_samples, env.world_size, env.rank, seed)
+    else:
+        sampler = ResumableDistributedSampler(len(train_ds), env.world_size, env.rank, shuffle=True, seed=seed)
+    if sampler.per_rank < data.batch_size:
+        raise ConfigError(f"data.batch_size {data.batch_size} is larger than the {sampler.per_rank} training clips "
+                          "per rank and epoch")
+    train = build_loader(train_ds, sampler, data.batch_size, data.num_workers, train=True)
+    eval_ds = LabelledDataset.from_labels(eval_set, data.frontend, train=False, return_waveform=data.fbank_on_device,
+                                          seed=seed, max_bad_fraction=data.max_bad_fraction)
+    eval_sampler = ResumableDistributedSampler(len(eval_ds), env.world_size, env.rank, shuffle=False,
+                                               drop_last=False)
+    evaluation = build_loader(eval_ds, eval_sampler, data.eval_batch_size or data.batch_size, data.num_workers,
+                              train=False)
+    return train, evaluation
+
+
+def run_finetune(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet, out_dir: str | Path,
+                 env: DistEnv) -> FinetuneResult:
+    """Fine-tune on ``train_set``, evaluating on ``eval_set`` every ``eval_every_epochs`` and at the end.
+
+    ``out_dir`` gets the trainer's checkpoints and logs, ``best/`` (export of the best evaluation) and
+    ``last/`` (export of the final model). Re-running with the same ``out_dir`` resumes.
+    """
+    out = Path(out_dir)
+    if train_set.class_names != eval_set.class_names:
+        raise ConfigError("the evaluation split has a different class list than the training split")
+    multi = train_set.multi_label
+    if multi and cfg.loss.kind == "ce":
+        raise ConfigError("loss.kind 'ce' needs single-label data; this task is multi-label")
+    classifier = build_classifier(cfg.model, train_set.num_classes, cfg.data.frontend.target_length)
+    if classifier.cfg.encoder.num_mel_bins != cfg.data.frontend.num_mel_bins:
+        raise ConfigError(f"data.frontend.num_mel_bins {cfg.data.frontend.num_mel_bins} != the encoder's "
+                          f"{classifier.cfg.encoder.num_mel_bins}")
+    aug = cfg.augment
+    mixing = aug.spec_mixup_prob > 0 or aug.wave_mixup_prob > 0
+    model = FinetuneModel(classifier, aug, cfg.loss, multi, seed=cfg.train.seed + env.rank)
+    train_loader, eval_loader = build_loaders(cfg, train_set, eval_set, env)
+    tracker = EvalTracker(eval_loader, cfg, eval_set, env, out)
+    train_cfg = dataclasses.replace(cfg.train, out_dir=str(out),
+                                    eval_every=max(1, cfg.eval_every_epochs) * len(train_loader))
+    depth = classifier.cfg.encoder.depth
+    groups = functools.partial(finetune_param_groups, weight_decay=cfg.optim.weight_decay,
+                               layer_decay=cfg.layer_decay.decay, depth=depth, form=cfg.layer_decay.form,
+                               decay_all=cfg.optim.decay_all)
+    prep = BatchPrep(cfg.data.frontend, aug, train_set.num_classes, soft_targets=multi or model.use_bce or mixing,
+                     seed=cfg.train.seed + env.rank)
+    trainer = Trainer(model, train_loader, train_cfg, cfg.optim, env, groups, prepare=prep, eval_fn=tracker,
+                      config=to_dict(cfg))
+    result = trainer.fit()
+    if env.is_main and result.status == "done":
+        export_classifier(classifier, out / "last", cfg, eval_set, {"step": result.step, **tracker.last})
+    return FinetuneResult(tracker.metric, tracker.last, tracker.best, tracker.history, out, result.status)
