@@ -113,20 +113,27 @@ def test_probe_rejects_bad_shapes():
         probe(torch.randn(10, 3), torch.zeros(10), torch.randn(4, 3), torch.zeros(4), task="regression")
 
 
-def test_cli_features_mode_end_to_end(tmp_path):
+def probe_tool():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import linear_probe
+    finally:
+        sys.path.pop(0)
+    return linear_probe
+
+
+def test_cli_features_mode_end_to_end(tmp_path, capsys):
     x, y = _blobs(20, 3, 8, spread=1.0, seed=9)
     np.savez(tmp_path / "train.npz", x=x[::2].numpy(), y=y[::2].numpy())
     np.savez(tmp_path / "test.npz", x=x[1::2].numpy(), y=y[1::2].numpy())
-    cmd = [sys.executable, str(ROOT / "tools" / "linear_probe.py"), "--train-features", str(tmp_path / "train.npz"),
-           "--test-features", str(tmp_path / "test.npz"), "--knn", "3", "--json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
+    args = ["--train-features", str(tmp_path / "train.npz"), "--test-features", str(tmp_path / "test.npz"),
+            "--knn", "3", "--json"]
+    probe_tool().main(args)
+    out = json.loads(capsys.readouterr().out)
     assert out["score"] == 1.0 and out["num_train"] == 30 and out["knn"]["k"] == 3
-
-    bad = subprocess.run(cmd[:3] + [str(tmp_path / "missing.npz")] + cmd[4:], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and "missing.npz" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    with pytest.raises(SystemExit, match="^error: .*missing.npz") as err:
+        probe_tool().main(args[:1] + [str(tmp_path / "missing.npz")] + args[2:])
+    assert "\n" not in str(err.value.code)
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +172,7 @@ def test_cli_encoder_on_synthetic_esc50_end_to_end(tmp_path, esc50_like):
 def test_cli_logmel_baseline_with_csv_splits(tmp_path, esc50_like, capsys):
     import csv
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import linear_probe
-    finally:
-        sys.path.pop(0)
+    linear_probe = probe_tool()
     rows = list(csv.DictReader(open(esc50_like / "meta" / "esc50.csv")))
     for name, keep in (("train", lambda f: f != 2), ("test", lambda f: f == 2)):
         lines = [f"{esc50_like / 'audio' / r['filename']},{r['category']}" for r in rows if keep(int(r["fold"]))]
