@@ -163,6 +163,7 @@ def fbank(
 
 
 _CPU_BLOCK_FRAMES = 1024
+_MEL_GROUP = 16  # filters per mel block (fastest of 8..128 on CPU)
 
 
 @dataclass(frozen=True)
@@ -232,8 +233,8 @@ def _mel_blocks(
     """
     dense = mel_banks(num_mel_bins, n_fft, sample_rate, low_freq, high_freq, device).repeat_interleave(2, dim=0)
     groups = []
-    for b0 in range(0, num_mel_bins, 16):
-        cols = dense[:, b0 : b0 + 16]
+    for b0 in range(0, num_mel_bins, _MEL_GROUP):
+        cols = dense[:, b0 : b0 + _MEL_GROUP]
         used = cols.ne(0).any(dim=1).nonzero().flatten().tolist()
         k0, k1 = (used[0], used[-1] + 1) if used else (0, 0)
         groups.append((k0, k1, cols[k0:k1].contiguous()))
