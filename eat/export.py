@@ -198,7 +198,7 @@ class AudioClassifier(nn.Module):
     def forward(self, fbank: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         return self.classifier(fbank, padding_mask)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def predict(self, audio: Tensor | list, sample_rate: int | None = None, lengths: Tensor | None = None) -> Tensor:
         """Logits ``(B, num_classes)`` for waveforms (a 1-D clip, a padded batch + ``lengths``, or a list)."""
         extractor = FeatureExtractor(self.classifier.encoder, self.frontend)
@@ -256,7 +256,7 @@ def export_onnx(extractor: FeatureExtractor, path: str | os.PathLike, num_frames
                          f"stride {enc.cfg.patch_stride[0]})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, frames, enc.cfg.num_mel_bins, device=extractor._device())
+    example = torch.zeros(1, frames, enc.cfg.num_mel_bins, device=extractor.device)
     model = _TokensOnly(enc).eval()
     with torch.no_grad(), warnings.catch_warnings():
         # the shape checks in Encoder.embed are Python ifs: the tracer warns that they are frozen (expected);

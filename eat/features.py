@@ -94,6 +94,10 @@ class FeatureExtractor(nn.Module):
         return self.encoder.cfg.embed_dim
 
     @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @property
     def num_layers(self) -> int:
         return len(self.encoder.blocks)
 
@@ -101,11 +105,6 @@ class FeatureExtractor(nn.Module):
     def pad_value(self) -> float:
         """What a frame of silence (log-mel 0, the official pad value) becomes after normalisation."""
         return float(normalize(torch.tensor(0.0), self.frontend.norm_mean, self.frontend.norm_std))
-
-    @property
-    def column_hop_seconds(self) -> float:
-        """Time between two patch columns (EAT: 16 frames x 10 ms = 0.16 s)."""
-        return self.encoder.cfg.patch_stride[0] * self.frontend.frame_shift_ms / 1000.0
 
     @property
     def window_columns(self) -> int:
@@ -160,7 +159,7 @@ class FeatureExtractor(nn.Module):
         clips. ``sample_rate`` defaults to the front-end rate; other rates are resampled first.
         """
         waves, lengths = _as_wave_batch(audio, lengths)
-        device = self._device()
+        device = self.device
         sr = sample_rate or self.sample_rate
         if sr != self.sample_rate:
             # Resampling the padded batch at once equals resampling each clip: both see zeros past the end.
@@ -196,10 +195,10 @@ class FeatureExtractor(nn.Module):
         lengths = torch.as_tensor(lengths).long().reshape(-1)
         if lengths.shape[0] != x.shape[0] or bool((lengths < 1).any()) or bool((lengths > x.shape[1]).any()):
             raise ValueError(f"lengths must be {x.shape[0]} frame counts in 1..{x.shape[1]}, got {lengths.tolist()}")
-        return x.to(self._device()), lengths.to(self._device())
+        return x.to(self.device), lengths.to(self.device)
 
     # ------------------------------------------------------------------ extraction
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the outputs may feed a head that is trained with autograd
     def extract_features(
         self,
         audio: Tensor | np.ndarray | Sequence,
@@ -233,7 +232,7 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        layer_list = self._layer_list(layers)
+        layer_list = self.layer_indices(layers)
         if is_fbank is None:
             is_fbank = _looks_like_fbank(audio)
         if is_fbank:
@@ -263,7 +262,8 @@ class FeatureExtractor(nn.Module):
                 result.patch_index = torch.stack([t_idx, f_idx], dim=1)
         return result
 
-    def _layer_list(self, layers: int | Sequence[int]) -> list[int]:
+    def layer_indices(self, layers: int | Sequence[int]) -> list[int]:
+        """``layers`` (an int or a list, negative = from the end) as block indices; bad indices raise."""
         chosen = [layers] if isinstance(layers, int) else list(layers)
         if not chosen:
             raise ValueError("layers must name at least one block")
@@ -359,8 +359,6 @@ class FeatureExtractor(nn.Module):
             return grid.mean(2)
         return grid.reshape(batch, t_max * fp, d)
 
-    def _device(self) -> torch.device:
-        return next(self.encoder.parameters()).device
 
 
 def _looks_like_fbank(audio: Tensor | np.ndarray | Sequence) -> bool:

@@ -265,3 +265,12 @@ def test_extract_features_tool_npy_utterance_layers(corpus):
     with pytest.raises(SystemExit, match="missing.tsv"):
         extract_tool().main(["--encoder", str(root / "enc"), "--manifest", str(root / "missing.tsv"),
                              "--out", str(root / "x")])
+
+
+def test_outputs_can_train_a_downstream_head():
+    fx = tiny_extractor()
+    feats = fx.extract_features(waves([1.0, 1.5]), granularity="frame").embeddings
+    assert not feats.requires_grad
+    head = torch.nn.Linear(96, 2)
+    head(feats).sum().backward()  # inference-mode tensors would refuse this
+    assert head.weight.grad is not None

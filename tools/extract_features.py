@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
     if len(manifest) == 0:
         raise ToolError(f"{args.manifest}: no clips listed")
     extractor = load_encoder(args.encoder, args.device)
-    extractor._layer_list(args.layers)  # fail early on a bad layer index
+    extractor.layer_indices(args.layers)  # fail early on a bad layer index
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"encoder": str(Path(args.encoder).resolve()), "manifest": str(Path(args.manifest).resolve()),
