@@ -156,6 +156,9 @@ def test_other_sample_rates_are_resampled_first():
     a = fx.extract_features([at_32k], sample_rate=32000, granularity="frame").embeddings
     b = fx.extract_features([resample(at_32k, 32000, SR)], granularity="frame").embeddings
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    other = resample(waves([0.6], seed=2)[0], SR, 32000)
+    both = fx.extract_features([other, at_32k], sample_rate=32000, granularity="frame").embeddings
+    torch.testing.assert_close(both[1:], a, atol=1e-5, rtol=0)  # the batch is resampled padded, at once
 
 
 def test_fbank_input_paths_agree_with_waveforms():
