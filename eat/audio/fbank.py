@@ -3,7 +3,8 @@
 ``fbank`` gives the same numbers as Kaldi's ``compute-fbank-feats`` (and
 ``torchaudio.compliance.kaldi.fbank``) for the settings EAT and AST use, but for a whole batch at once
 on any device: the frames are a strided view of the signal, pre-emphasis is applied to the signal once,
-per-frame DC removal is a rank-one correction, and there is one FFT and one matmul for the whole batch.
+per-frame DC removal is a rank-one correction, then one FFT and a few small mel matmuls per block (the
+whole batch on accelerators, ~1k frames at a time on CPU, where that is what keeps the data in cache).
 
 ``waveform_to_input`` is the full recipe (clip DC removal -> fbank -> pad/crop -> normalise); the
 trainer runs it on the GPU on a padded batch and the datasets run it on single clips.
