@@ -8,6 +8,7 @@ import torch
 
 from eat.config import ConfigError
 from eat.model.classifier import Classifier, ClassifierConfig, classifier_config
+from eat.model.convert import encoder_key_map
 from eat.model.vit import Encoder, EncoderConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -125,18 +126,10 @@ def test_wrapping_an_encoder_sets_drop_path_and_config():
     assert model.cfg.encoder.depth == 3 and model.cfg.encoder.drop_path == 0.1
 
 
-def official_to_ours(sd: dict) -> dict:
-    """Key renaming official EAT fine-tuned -> Classifier (the conversion module does the same)."""
-    prefix = "model.modality_encoders.IMAGE."
-    names = {
-        prefix + "extra_tokens": "encoder.extra_tokens",
-        prefix + "local_encoder.proj.weight": "encoder.patch_embed.weight",
-        prefix + "local_encoder.proj.bias": "encoder.patch_embed.bias",
-        prefix + "fixed_positional_encoder.positions": "encoder.pos_embed",
-        prefix + "context_encoder.norm.weight": "encoder.pre_norm.weight",
-        prefix + "context_encoder.norm.bias": "encoder.pre_norm.bias",
-    }
-    return {names.get(k, k.replace("model.blocks.", "encoder.blocks.")): v for k, v in sd.items()}
+def official_to_ours(sd: dict, depth: int) -> dict:
+    """Official fine-tuned names -> Classifier names: ``model.`` + encoder map -> ``encoder.*``; head as is."""
+    names = {f"model.{k}": f"encoder.{v}" for k, v in encoder_key_map(depth).items()}
+    return {names.get(k, k): v for k, v in sd.items()}
 
 
 def test_official_finetuned_tiny_parity():
@@ -147,7 +140,7 @@ def test_official_finetuned_tiny_parity():
         max_time_patches=c["max_length"],
     )
     model = Classifier(ClassifierConfig(encoder=enc, num_classes=c["num_classes"], drop_path=c["drop_path_rate"]))
-    model.load_state_dict({k: v.float() for k, v in official_to_ours(fx["state_dict"]).items()}, strict=True)
+    model.load_state_dict({k: v.float() for k, v in official_to_ours(fx["state_dict"], c["depth"]).items()}, strict=True)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model.features(fx["source"]), fx["cls_feature"], rtol=1e-4, atol=1e-4)
