@@ -190,11 +190,18 @@ class FinetuneModel(torch.nn.Module):
         self.augment = augment
         self.loss_cfg = loss
         self.use_bce = multi_label or loss.kind == "bce"
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.generator: torch.Generator | None = None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The augmentation generator, on the batch's device so masks and noise are drawn there."""
+        if self.generator is None or self.generator.device != device:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generator
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.training:
-            source, target = augment_batch(source, target, self.augment, self.generator)
+            source, target = augment_batch(source, target, self.augment, self._generator(source.device))
         logits = self.classifier(source)
         loss = classification_loss(logits, target, self.use_bce, self.loss_cfg.label_smoothing, self.loss_cfg.bce_norm)
         return {"loss": loss}
