@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from eat.config import ConfigError, from_dict
 from eat.model.decoder import CNNDecoder
-from eat.model.masking import inverse_block_mask, mask_to_ids
+from eat.model.masking import inverse_block_mask, mask_to_ids, visible_count
 from eat.model.vit import Encoder, EncoderConfig
 
 
@@ -204,8 +204,9 @@ class EATModel(nn.Module):
         Gaussian noise at the masked positions, in row-major order of the mask (tests use it).
 
         Returns fp32 tensors: ``loss``, ``frame_loss``, ``utterance_loss``, ``sample_size`` (masked tokens),
-        ``pred_var`` and ``target_var`` (logging). No host synchronisation except reading the visible
-        count when ``mask`` lives on an accelerator (pass a CPU mask to avoid that one).
+        ``pred_var`` and ``target_var`` (logging). No host synchronisation: the visible count V is read
+        from a CPU ``mask`` on the host, or taken from the config (:func:`visible_count`) for a mask on
+        the device, whose rows are then checked by an asynchronous device assert.
         """
         cfg = self.cfg
         batch, num_frames = source.shape[0], source.shape[-2]
@@ -219,7 +220,13 @@ class EATModel(nn.Module):
                 f"mask {tuple(mask.shape)} does not fit {batch} clips of {num_frames} frames "
                 f"(needs (B*clones, {grid[0] * grid[1]}))"
             )
-        keep_ids, masked_ids = (i.to(device, non_blocking=True) for i in mask_to_ids(mask))
+        # V fixes every shape of the step. A host mask (the loader's, pinned) is counted on the host for
+        # free and copied asynchronously; a device mask gets V from the config, so nothing waits on the GPU.
+        if mask.device.type == "cpu":
+            num_visible = int((~mask[0]).sum())
+        else:
+            num_visible = visible_count(num_patches, cfg.mask_ratio)
+        keep_ids, masked_ids = mask_to_ids(mask.to(device, non_blocking=True), num_visible)
         clones = rows // batch
         dim = cfg.encoder.embed_dim
         extra = cfg.encoder.num_extra_tokens

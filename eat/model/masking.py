@@ -111,6 +111,14 @@ def random_mask(
     return _exact_count(empty, int(length * mask_ratio), generator)
 
 
+def visible_count(num_patches: int, mask_ratio: float) -> int:
+    """Visible patches per row of the masks above for ``mask_ratio`` (EAT-base: 102 of 512 at 0.8).
+
+    Known from the config alone, so a step can fix its shapes without reading a mask on the device.
+    """
+    return int(num_patches * (1 - mask_ratio))
+
+
 def mask_to_ids(mask: Tensor, num_visible: int | None = None) -> tuple[Tensor, Tensor]:
     """Grid indices of the visible and of the masked patches of every row, each ascending.
 
@@ -133,7 +141,8 @@ def mask_to_ids(mask: Tensor, num_visible: int | None = None) -> tuple[Tensor, T
                 f"{sorted(set(counts.tolist()))} (expected {num_visible})"
             )
     else:
-        torch._assert_async((counts == num_visible).all(), "mask rows differ in their visible count")
+        message = f"every mask row must have {num_visible} visible patches"
+        torch._assert_async((counts == num_visible).all(), message)
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
     return order[:, :num_visible], order[:, num_visible:]
 
