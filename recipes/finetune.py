@@ -30,6 +30,7 @@ from eat.train.checkpoint import CheckpointError
 from eat.train.dist import DistEnv, init_distributed, shutdown
 from eat.train.finetune import FinetuneConfig, FinetuneResult, run_finetune
 from eat.train.finetune_data import ESC50_FOLDS, task_splits
+from eat.train.trainer import PREEMPTED_EXIT
 
 TASKS = ("esc50", "as20k", "as2m", "spc2", "generic")
 PRESETS = ("tiny", "base", "large", "ast_base", "passt_s")
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--esc50-root", help="ESC-50 folder (meta/esc50.csv + audio/); --task esc50 only")
     ap.add_argument("--out", type=Path, help="output folder (default train.out_dir of the config)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=100")
-    return ap.parse_args(argv)
+    return ap.parse_intermixed_args(argv)
 
 
 def load(args: argparse.Namespace) -> FinetuneConfig:
@@ -99,7 +100,7 @@ def run_esc50(cfg: FinetuneConfig, env: DistEnv) -> None:
                   flush=True)
         results[fold] = run_finetune(cfg, train_set, eval_set, out / f"fold{fold}", env)
         if results[fold].status != "done":
-            sys.exit(75)  # preempted: rerun the same command to resume
+            sys.exit(PREEMPTED_EXIT)  # preempted: rerun the same command to resume
     table, summary = esc50_table(results)
     if env.is_main:
         summary["config"] = to_dict(cfg)
@@ -118,7 +119,7 @@ def run_single(cfg: FinetuneConfig, env: DistEnv) -> None:
               f"evaluate {len(eval_set)}", flush=True)
     result = run_finetune(cfg, train_set, eval_set, cfg.train.out_dir, env)
     if result.status != "done":
-        sys.exit(75)
+        sys.exit(PREEMPTED_EXIT)
     if env.is_main:
         m = result.metric
         summary = {"task": cfg.task, "metric": m, "last": result.last, "best": result.best,
@@ -130,17 +131,24 @@ def run_single(cfg: FinetuneConfig, env: DistEnv) -> None:
         print(f"{m} (last checkpoint): {result.last[m]:.4f}")
 
 
+def configure_logging(env: DistEnv) -> None:
+    level = logging.INFO if env.is_main else logging.ERROR
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout,
+                        force=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = load(args)
         env = init_distributed(cfg.train.device)
         try:
+            configure_logging(env)
             (run_esc50 if args.task == "esc50" else run_single)(cfg, env)
         finally:
             shutdown()
-    except (ConfigError, ManifestError, ExportError, CheckpointError, BadDataError, AudioError) as e:
+    except (ConfigError, ManifestError, ExportError, CheckpointError, BadDataError, AudioError,
+            FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 

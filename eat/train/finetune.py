@@ -380,6 +380,7 @@ def run_finetune(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet, o
     multi = train_set.multi_label
     if multi and cfg.loss.kind == "ce":
         raise ConfigError("loss.kind 'ce' needs single-label data; this task is multi-label")
+    torch.manual_seed(cfg.train.seed)  # the same fresh head (and scratch encoder) on every rank and rerun
     classifier = build_classifier(cfg.model, train_set.num_classes, cfg.data.frontend.target_length)
     if classifier.cfg.encoder.num_mel_bins != cfg.data.frontend.num_mel_bins:
         raise ConfigError(f"data.frontend.num_mel_bins {cfg.data.frontend.num_mel_bins} != the encoder's "
@@ -399,6 +400,11 @@ def run_finetune(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet, o
                      seed=cfg.train.seed + env.rank)
     trainer = Trainer(model, train_loader, train_cfg, cfg.optim, env, groups, prepare=prep, eval_fn=tracker,
                       config=to_dict(cfg))
+    n_params = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
+    trainer.logger.console(
+        f"{cfg.task}: {n_params / 1e6:.2f} M trainable params ({classifier.cfg.prediction_mode} head, "
+        f"{train_set.num_classes} classes), {len(train_loader)} batches/epoch/rank of {cfg.data.batch_size} clips, "
+        f"out_dir {out}")
     result = trainer.fit()
     if env.is_main and result.status == "done":
         export_classifier(classifier, out / "last", cfg, eval_set, {"step": result.step, **tracker.last})
