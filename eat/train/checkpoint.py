@@ -33,7 +33,6 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from eat.train.dist import DistEnv, any_rank, barrier
 
@@ -123,6 +122,8 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     final = step_dir(run_dir, step)
     tmp = run_dir / f".tmp_{final.name}"
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict  # slow import
+
     model_sd, optim_sd = get_state_dict(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -267,6 +268,8 @@ def apply_checkpoint(
     The optimizer's hyper-parameters (lr is recomputed each step anyway) come from the checkpoint except for
     implementation switches (fused/foreach/...), which stay as the running optimizer has them.
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict  # slow import
+
     current = optimizer.param_groups
     saved = optim_sd["param_groups"]
     if len(saved) != len(current):

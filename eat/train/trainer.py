@@ -124,6 +124,7 @@ class Trainer:
       the place for device-side feature extraction (e.g. fbank on the GPU).
     * ``eval_fn(model, step)`` -> metrics dict; called on every rank, logged under ``eval/``.
     * ``flops_per_clip``: training FLOPs per clip (forward + backward) for the MFU estimate.
+    * A model with ``ema_decay_at(step)`` gets its EMA decay logged.
     * ``config``: the resolved run config (plain dict) saved with the run and every checkpoint.
     """
 
@@ -228,7 +229,8 @@ class Trainer:
         while True:
             self.data.set_epoch(self.epoch)
             produced = False
-            for batch in self.data:
+            it = _keep_rng(iter, self.data)
+            while (batch := _keep_rng(next, it, _END)) is not _END:
                 produced = True
                 yield batch
             if fresh and not produced:
@@ -278,10 +280,7 @@ class Trainer:
         self._bad_run = (self._bad_run + 1) * bad
         self._bad_max = torch.maximum(self._bad_max, self._bad_run)
         self._bad_count = self._bad_count + bad
-        window.add_mean({"lr": lr, "grad_norm": norm})
-        decay = getattr(self.module, "ema_decay", None)
-        if decay is not None:
-            window.add_mean({"ema_decay": decay(self.step) if callable(decay) else decay})
+        window.add_mean({"grad_norm": norm})
         window.step()
 
     def _check_bad(self) -> int:
@@ -357,6 +356,11 @@ class Trainer:
             if self.flops_per_clip and self.peak:
                 values["mfu"] = values["clips_per_s"] * self.flops_per_clip / (self.peak * self.env.world_size)
         values["s_per_step"] = elapsed / max(steps, 1)
+        c = self.optim_cfg
+        values["lr"] = lr_at(self.step, c.lr, c.warmup_steps, self.cfg.max_steps, c.min_lr)  # of the last update
+        decay_at = getattr(self.module, "ema_decay_at", None)  # EMA teacher models report their decay
+        if callable(decay_at):
+            values["ema_decay"] = float(decay_at(self.step))
         if self.env.device.type == "cuda":
             values["mem_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
             torch.cuda.reset_peak_memory_stats(self.env.device)
@@ -390,6 +394,22 @@ class Trainer:
         self.logger.event({"kind": "weights", "step": self.step, "sha256": digests, "ranks_agree": agree})
         if not agree:
             log.error("ranks ended with different weights: %s", digests)
+
+
+_END = object()
+
+
+def _keep_rng(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn`` without letting it consume the global CPU RNG.
+
+    A DataLoader draws its workers' base seed from that RNG when an iterator is made, which would shift the
+    model's random stream (e.g. decoder noise) differently in a resumed run than in an uninterrupted one.
+    """
+    state = torch.get_rng_state()
+    try:
+        return fn(*args)
+    finally:
+        torch.set_rng_state(state)
 
 
 def _is_scalar(v: Any) -> bool:
