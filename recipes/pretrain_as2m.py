@@ -76,6 +76,16 @@ def resolve_model(section: dict[str, Any]) -> EATConfig:
     return from_dict(EATConfig, _merge(to_dict(eat_config(preset)), section), "model")
 
 
+def accumulation_aware(cfg: EATConfig, grad_accum: int) -> EATConfig:
+    """The official utterance loss is a *sum* over a device's clones. The trainer averages the losses of
+    ``grad_accum`` micro-batches, which would shrink that sum by ``grad_accum``; scaling the CLS weight by
+    ``grad_accum`` keeps the update equal to one micro-batch of ``grad_accum x`` the clips (as fairseq's
+    update_freq does)."""
+    if grad_accum > 1 and cfg.utterance_reduction == "official":
+        return dataclasses.replace(cfg, cls_loss_weight=cfg.cls_loss_weight * grad_accum)
+    return cfg
+
+
 def frontend_for(data: DataConfig, model: EATConfig) -> FrontendConfig:
     enc = model.encoder
     return FrontendConfig.from_preset(data.norm, target_length=enc.target_length, num_mel_bins=enc.num_mel_bins,
@@ -163,7 +173,7 @@ def run(cfg: PretrainConfig) -> int:
     try:
         configure_logging(env)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (FSDP2 needs it)
-        model = EATModel(model_cfg)
+        model = EATModel(accumulation_aware(model_cfg, cfg.train.grad_accum))
         loader, frontend = build_loader(cfg, model_cfg, model, env)
         resolved = to_dict(cfg)
         resolved["model"] = {"preset": cfg.model.get("preset", "base"), **to_dict(model_cfg)}

@@ -26,10 +26,10 @@ class Net(nn.Module):
         self.register_buffer("table", torch.arange(6.0).reshape(2, 3))
 
 
-def setup(seed=0, fused="off"):
+def setup(seed=0, fused="foreach"):
     torch.manual_seed(seed)
     net = Net()
-    opt = build_optimizer(param_groups(net, 0.05), OptimConfig(lr=0.1, fused=fused), ENV.device)
+    opt = build_optimizer(param_groups(net, 0.05), OptimConfig(lr=0.1, implementation=fused), ENV.device)
     for _ in range(2):
         net.student(torch.randn(4, 3)).square().sum().backward()
         opt.step()
@@ -68,9 +68,9 @@ def test_round_trip_restores_model_optimizer_rng_and_state(tmp_path):
 
 
 def test_implementation_switches_follow_the_running_optimizer(tmp_path):
-    net, opt = setup(fused="on")
+    net, opt = setup(fused="fused")
     save(tmp_path, 1, net, opt)
-    fresh, fresh_opt = setup(seed=1, fused="off")
+    fresh, fresh_opt = setup(seed=1, fused="foreach")
     ckpt.load_checkpoint(tmp_path, fresh, fresh_opt, ENV)
     assert not fresh_opt.param_groups[0]["fused"] and fresh_opt.param_groups[0]["foreach"]
 

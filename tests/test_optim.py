@@ -69,17 +69,17 @@ def test_official_eat_schedule_numbers():
     assert lr_at(400000, cfg.lr, cfg.warmup_steps, 400000) == 0.0
 
 
-@pytest.mark.parametrize("fused", ["off", "on"])
+@pytest.mark.parametrize("fused", ["foreach", "fused"])
 def test_update_rule_is_decoupled_adamw(fused):
     """Two steps against a plain re-statement of AdamW (p -= lr*wd*p, bias-corrected moments)."""
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(3, 2))
     b = nn.Parameter(torch.randn(2))
-    cfg = OptimConfig(lr=0.1, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05, fused=fused)
+    cfg = OptimConfig(lr=0.1, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05, implementation=fused)
     model = nn.Module()
     model.w, model.b = w, b
     opt = build_optimizer(param_groups(model, cfg.weight_decay), cfg, torch.device("cpu"))
-    assert bool(opt.defaults.get("fused")) == (fused == "on")
+    assert bool(opt.defaults.get("fused")) == (fused == "fused")
     ref = {"w": w.detach().clone(), "b": b.detach().clone()}
     m = {k: torch.zeros_like(v) for k, v in ref.items()}
     v = {k: torch.zeros_like(x) for k, x in ref.items()}

@@ -173,10 +173,12 @@ def test_fsdp2_matches_ddp_and_checkpoints_cross_load(ddp_run, manifest, tmp_pat
     ref = losses(ddp_run)
     assert losses(fsdp) == pytest.approx(ref, rel=1e-5)
     assert_same(tensors(ddp_run, 3), tensors(fsdp, 3), exact=False)
-    # FSDP2 checkpoint -> DDP, and DDP checkpoint -> FSDP2: both continue like the DDP run
+    # FSDP2 checkpoint -> DDP, and DDP checkpoint -> FSDP2: both continue like the DDP run, here with the
+    # 4 clips per rank split into 2 accumulated micro-batches (gradient sync only on the second)
     to_ddp, to_fsdp = tmp_path / "to_ddp", tmp_path / "to_fsdp"
-    run_two_ranks(to_ddp, manifest, "train.max_steps=6", "--resume", str(fsdp / "step_000003"))
-    run_two_ranks(to_fsdp, manifest, "train.max_steps=6", "train.strategy=fsdp", "--resume",
+    accum = ("data.batch_size=2", "train.grad_accum=2")
+    run_two_ranks(to_ddp, manifest, "train.max_steps=6", *accum, "--resume", str(fsdp / "step_000003"))
+    run_two_ranks(to_fsdp, manifest, "train.max_steps=6", "train.strategy=fsdp", *accum, "--resume",
                   str(ddp_run / "step_000003"))
     for out in (to_ddp, to_fsdp):
         assert losses(out) == pytest.approx({s: ref[s] for s in (4, 5, 6)}, rel=1e-5)

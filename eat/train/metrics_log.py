@@ -40,22 +40,27 @@ def peak_flops(device: torch.device, override_tflops: float = 0.0) -> float | No
 class MetricsWindow:
     """Accumulates per-step values between two log points.
 
-    ``add_mean`` takes device tensors (0-dim) or numbers averaged over steps and ranks; ``add_sum`` takes
-    host numbers summed over steps and ranks (clip counts). ``reduce`` stacks everything into one tensor,
-    all-reduces it once and copies it to the host once.
+    ``add_mean`` takes 0-dim tensors or numbers, averaged over the calls (e.g. micro-batches) and ranks;
+    tensors on an accelerator are summed there, CPU tensors and numbers on the host (no copy per step).
+    ``add_sum`` takes host numbers summed over steps and ranks (clip counts). ``reduce`` stacks everything
+    into one tensor, all-reduces it once and copies it to the host once.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.means: dict[str, torch.Tensor] = {}
+        self.means: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
         self.sums: dict[str, float] = {}
         self.steps = 0
 
     def add_mean(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
-            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-            v = v.to(self.device, non_blocking=True)
-            self.means[k] = self.means[k] + v if k in self.means else v.clone()
+            if isinstance(v, torch.Tensor):
+                v = v.detach().float() if v.device.type != "cpu" else float(v.detach())
+            else:
+                v = float(v)
+            self.means[k] = self.means[k] + v if k in self.means else v
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def add_sum(self, values: dict[str, float]) -> None:
         for k, v in values.items():
@@ -67,13 +72,13 @@ class MetricsWindow:
     def reduce(self, env: DistEnv) -> dict[str, float]:
         """Means over steps and ranks and sums over steps and ranks; clears the window."""
         mean_keys, sum_keys = sorted(self.means), sorted(self.sums)
-        parts = [self.means[k].reshape(1) for k in mean_keys]
-        parts.append(torch.tensor([self.sums[k] for k in sum_keys] + [float(self.steps)], device=self.device))
-        stacked = all_reduce_sum(torch.cat(parts).double(), env).tolist()
-        steps = stacked[-1] / env.world_size
-        out = {k: stacked[i] / (steps * env.world_size) for i, k in enumerate(mean_keys)} if steps else {}
+        parts = [torch.as_tensor(self.means[k], dtype=torch.float64, device=self.device).reshape(1)
+                 for k in mean_keys]
+        parts.append(torch.tensor([self.sums[k] for k in sum_keys], dtype=torch.float64, device=self.device))
+        stacked = all_reduce_sum(torch.cat(parts), env).tolist()
+        out = {k: stacked[i] / (self.counts[k] * env.world_size) for i, k in enumerate(mean_keys)}
         out.update({k: stacked[len(mean_keys) + i] for i, k in enumerate(sum_keys)})
-        self.means, self.sums, self.steps = {}, {}, 0
+        self.means, self.counts, self.sums, self.steps = {}, {}, {}, 0
         return out
 
 

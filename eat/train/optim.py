@@ -29,8 +29,8 @@ class OptimConfig:
     # code); false: no decay for 1-D parameters, biases and the model's no_weight_decay() names.
     decay_all: bool = True
     clip_grad: float = 4.0  # global L2 norm; 0 disables clipping
-    # fused AdamW kernel: auto = on CUDA only (CPU runs the foreach path); on/off force it
-    fused: Literal["auto", "on", "off"] = "auto"
+    # AdamW kernel: auto = fused on CUDA, foreach on CPU; fused/foreach force one
+    implementation: Literal["auto", "fused", "foreach"] = "auto"
 
 
 def param_groups(
@@ -71,7 +71,7 @@ def param_groups(
 def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over ``groups`` (``names`` entries are dropped; ``lr_scale`` stays for :func:`set_lr`)."""
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    fused = cfg.fused == "on" or (cfg.fused == "auto" and device.type == "cuda")
+    fused = cfg.implementation == "fused" or (cfg.implementation == "auto" and device.type == "cuda")
     return torch.optim.AdamW(
         clean, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
         fused=fused or None, foreach=None if fused else True,
