@@ -29,6 +29,7 @@ from eat.data import build_loader as build_data_loader
 from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.train.checkpoint import CheckpointError
 from eat.train.dist import DistEnv, init_distributed, shutdown
+from eat.train.flops import pretrain_flops_per_clip
 from eat.train.optim import OptimConfig, param_groups
 from eat.train.trainer import PREEMPTED_EXIT, TrainConfig, Trainer
 
@@ -90,36 +91,6 @@ def frontend_for(data: DataConfig, model: EATConfig) -> FrontendConfig:
     enc = model.encoder
     return FrontendConfig.from_preset(data.norm, target_length=enc.target_length, num_mel_bins=enc.num_mel_bins,
                                       crop=data.crop)
-
-
-def pretrain_flops_per_clip(cfg: EATConfig) -> float:
-    """Training FLOPs per clip (1 MAC = 2 FLOP, backward = 2 x forward), for the MFU estimate.
-
-    Teacher forward on all tokens; student forward + backward on each clone's visible tokens; decoder
-    convs on the full grid per clone and its projection on the masked positions; patch embeddings.
-    """
-    enc = cfg.encoder
-    d, extra = enc.embed_dim, enc.num_extra_tokens
-    t_patches = (enc.target_length - enc.patch_size) // enc.patch_stride[0] + 1
-    f_patches = (enc.num_mel_bins - enc.patch_size) // enc.patch_stride[1] + 1
-    n = t_patches * f_patches
-    visible = int(n * (1.0 - cfg.mask_ratio))
-    clones = cfg.clone_batch
-
-    def encoder_fwd(tokens: int) -> float:
-        linear = 2 * tokens * (4 * d * d + 2 * d * int(d * enc.mlp_ratio))
-        attention = 4 * tokens * tokens * d
-        return enc.depth * (linear + attention)
-
-    patch_embed = 2 * n * d * enc.in_chans * enc.patch_size**2
-    teacher = encoder_fwd(n + extra) + patch_embed
-    student = 3 * (clones * encoder_fwd(visible + extra) + patch_embed)
-    conv_macs = sum(
-        (d if i == 0 else cfg.decoder_dim) * (cfg.decoder_dim // cfg.decoder_groups) * cfg.decoder_kernel**2
-        for i in range(cfg.decoder_layers)
-    )
-    decoder = 3 * clones * 2 * (n * conv_macs + (n - visible) * cfg.decoder_dim * d)
-    return float(teacher + student + decoder)
 
 
 # ---------------------------------------------------------------------------------------- pieces
