@@ -32,6 +32,7 @@ from bench_pretrain import (
     count_host_syncs,
     machine,
     peak_memory,
+    rate,
     reset_peak_memory,
     resolve_device,
     sdpa_context,
@@ -178,7 +179,7 @@ def report(r: dict[str, Any]) -> str:
 
     def line(label: str, x: dict[str, Any]) -> str:
         mfu = f"MFU {100 * x['mfu']:.1f}%" if x["mfu"] is not None else "MFU n/a"
-        return (f"{label}: {x['clips_per_s']:.1f} clips/s ({x['step_time_s']['step_s_median'] * 1e3:.1f} ms per "
+        return (f"{label}: {rate(x['clips_per_s'])} clips/s ({x['step_time_s']['step_s_median'] * 1e3:.1f} ms per "
                 f"batch, {x['flops_per_clip'] / 1e9:.1f} GFLOP/clip, {mfu}, peak memory {x['peak_memory_gib']:.2f} GiB)")
 
     lines = [f"# {m.get('gpu', m['cpu'])} | torch {m['torch']} | {m['threads']} CPU threads",

@@ -485,9 +485,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "warmup": args.warmup,
     }
+    if args.loader:
+        result["loader"] = bench_loader(args, cfg, frontend, device, clock)
+        if args.loader_only:
+            return result
     with sdpa_context(args.sdpa_backend):
         if args.loader:
-            result["loader"] = bench_loader(args, cfg, frontend, device, clock)
             dataset = PretrainDataset(args.loader, frontend, mask_config(cfg, enc.target_length),
                                       return_waveform=args.fbank_on_device, seed=args.seed)
             data = loader_for(dataset, args, device)
@@ -543,13 +546,26 @@ def reference_run(args: argparse.Namespace, device: torch.device, frontend: Fron
             "loss": values["loss"], **peak_memory(device)}
 
 
+def rate(x: float) -> str:
+    """Clips/s with one decimal, or three significant digits below 10 (CPU runs of the big presets)."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
 def report(r: dict[str, Any]) -> str:
     m, c = r["machine"], r["config"]
-    lines = [f"# {m.get('gpu', m['cpu'])} | torch {m['torch']} | {m['threads']} CPU threads",
-             f"EAT-{c['preset']}: batch {c['batch']} x {c['clones']} clones, {c['frames']} frames, {c['dtype']}, "
+    lines = [f"# {m.get('gpu', m['cpu'])} | torch {m['torch']} | {m['threads']} CPU threads"]
+    if "loader" in r:
+        lo = r["loader"]
+        lines.append(f"loader ({lo['workers']} workers, {lo['clips']} clips, {c['frames']} frames): decode + fbank "
+                     f"in workers {lo['workers_fbank_clips_per_s']:.1f} clips/s, decode only "
+                     f"{lo['workers_wave_only_clips_per_s']:.1f} clips/s, batched fbank on {m['device']} "
+                     f"{lo['device_fbank_clips_per_s']:.1f} clips/s")
+    if "clips_per_s" not in r:  # --loader-only
+        return "\n".join(lines)
+    lines += [f"EAT-{c['preset']}: batch {c['batch']} x {c['clones']} clones, {c['frames']} frames, {c['dtype']}, "
              f"sdpa {c['sdpa_backend']}, compile {c['compile']}, input {c['input']}"
              + (", fbank on the device" if c["fbank_on_device"] else ""),
-             f"{r['clips_per_s']:.1f} clips/s  (step {r['step_time_s']['step_s_median'] * 1e3:.1f} ms median, "
+             f"{rate(r['clips_per_s'])} clips/s  (step {r['step_time_s']['step_s_median'] * 1e3:.1f} ms median, "
              f"{r['steps']} steps after {r['warmup']} warm-up; warm-up took {r['warmup_s']:.1f} s)",
              f"{r['flops_per_clip'] / 1e9:.1f} GFLOP/clip -> {r['achieved_tflops']:.2f} TFLOP/s, MFU "
              + (f"{100 * r['mfu']:.1f}% of {r['peak_flops'] / 1e12:.0f} TFLOP/s" if r["mfu"] is not None else "n/a"),
@@ -560,16 +576,10 @@ def report(r: dict[str, Any]) -> str:
         + f"; total {total * 1e3:.1f} ms")
     if r.get("host_syncs_per_step") is not None:
         lines.append(f"host synchronisations in one step: {r['host_syncs_per_step']}")
-    if "loader" in r:
-        lo = r["loader"]
-        lines.append(f"loader ({lo['workers']} workers, {lo['clips']} clips): decode + fbank in workers "
-                     f"{lo['workers_fbank_clips_per_s']:.1f} clips/s, decode only "
-                     f"{lo['workers_wave_only_clips_per_s']:.1f} clips/s, batched fbank on {m['device']} "
-                     f"{lo['device_fbank_clips_per_s']:.1f} clips/s")
     if "reference" in r:
         ref = r["reference"]
         lines.append(f"official-style reference ({ref['dtype']}, math SDPA, for-loop AdamW, Python EMA): "
-                     f"{ref['clips_per_s']:.1f} clips/s -> ours/reference = {r['speedup_vs_reference']:.2f}x")
+                     f"{rate(ref['clips_per_s'])} clips/s -> ours/reference = {r['speedup_vs_reference']:.2f}x")
     return "\n".join(lines)
 
 
@@ -594,6 +604,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loader", type=Path, metavar="MANIFEST",
                    help="feed real batches from this manifest (and measure the loader alone)")
     p.add_argument("--workers", type=int, default=8, help="loader worker processes with --loader (default 8)")
+    p.add_argument("--loader-only", action="store_true", help="with --loader: measure the input pipeline only")
     p.add_argument("--loader-batches", type=int, default=20, help="batches per loader measurement (default 20)")
     p.add_argument("--reference", action="store_true", help="also time the official-style step, print the ratio")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -608,6 +619,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
     if args.warmup < 0 or args.workers < 0 or args.clones < 0:
         p.error("--warmup, --workers and --clones must be >= 0")
+    if args.loader_only and args.loader is None:
+        p.error("--loader-only needs --loader MANIFEST")
     return args
 
 
