@@ -29,6 +29,7 @@ from bench_pretrain import (
     SDPA_BACKENDS,
     Clock,
     RepeatBatch,
+    check_sdpa,
     count_host_syncs,
     machine,
     peak_memory,
@@ -131,9 +132,8 @@ def measure(fn, args: argparse.Namespace, device: torch.device, clock: Clock, fl
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
-    if args.sdpa_backend == "cudnn" and device.type != "cuda":
-        raise ConfigError("--sdpa-backend cudnn needs a CUDA device")
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    check_sdpa(args.sdpa_backend, device, args.dtype)
     base_cfg = classifier_config(args.preset, args.classes)
     frames = args.frames or FRAMES_10S.get(args.preset, base_cfg.encoder.target_length)
     base_cfg = classifier_config(args.preset, args.classes, target_length=frames)

@@ -72,6 +72,14 @@ def sdpa_context(backend: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if backend == "auto" else sdpa_kernel([SDPA_BACKENDS[backend]])
 
 
+def check_sdpa(backend: str, device: torch.device, dtype: str) -> None:
+    """Refuse backend/device/dtype combinations that have no kernel, before anything is built."""
+    if device.type != "cuda" and backend in ("cudnn", "efficient"):
+        raise ConfigError(f"--sdpa-backend {backend} needs a CUDA device (CPU: auto, flash or math)")
+    if device.type == "cuda" and backend in ("flash", "cudnn") and dtype != "bf16":
+        raise ConfigError(f"--sdpa-backend {backend} needs half precision on CUDA: use --dtype bf16")
+
+
 class Clock:
     """Timestamps on the device's timeline: CUDA events on GPU (recording one never waits), else
     ``perf_counter`` (CPU kernels are synchronous, so the host clock is the device clock)."""
@@ -458,9 +466,8 @@ def loader_for(dataset: PretrainDataset, args: argparse.Namespace, device: torch
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
-    if args.sdpa_backend in ("cudnn",) and device.type != "cuda":
-        raise ConfigError(f"--sdpa-backend {args.sdpa_backend} needs a CUDA device")
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    check_sdpa(args.sdpa_backend, device, args.dtype)
     if args.loader is not None and not Path(args.loader).is_file():
         raise ManifestError(f"manifest not found: {args.loader}")
     clock = Clock(device)
