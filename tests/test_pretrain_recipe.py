@@ -76,18 +76,34 @@ def run_torchrun(out: Path, manifest: Path, *overrides: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def run_two_ranks(out: Path, manifest: Path, *overrides: str) -> str:
+_USED_PORTS: set[int] = set()
+
+
+def _free_port() -> int:
+    """A free TCP port not handed out before in this session (two groups may start at once)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _USED_PORTS:
+            _USED_PORTS.add(port)
+            return port
+
+
+def start_two_ranks(out: Path, manifest: Path, *overrides: str) -> list[subprocess.Popen]:
     """Two ranks started the way torchrun starts them (env:// rendezvous), minus the launcher's own start-up."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [
+    port = _free_port()
+    return [
         subprocess.Popen([PYTHON, *_args(out, manifest, *overrides)], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True,
                          env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
         for r in range(2)
     ]
+
+
+def finish(procs: list[subprocess.Popen]) -> str:
+    """Wait for all ``procs``; every one must exit 0. Returns the first one's output (rank 0)."""
     outputs = []
     try:
         for p in procs:
@@ -99,6 +115,10 @@ def run_two_ranks(out: Path, manifest: Path, *overrides: str) -> str:
     for p, text in zip(procs, outputs, strict=True):
         _check(p, text)
     return outputs[0]
+
+
+def run_two_ranks(out: Path, manifest: Path, *overrides: str) -> str:
+    return finish(start_two_ranks(out, manifest, *overrides))
 
 
 def records(out: Path, kind: str) -> list[dict]:
@@ -182,9 +202,9 @@ def test_fsdp2_matches_ddp_and_checkpoints_cross_load(ddp_run, manifest, tmp_pat
     # 4 clips per rank split into 2 accumulated micro-batches (gradient sync only on the second)
     to_ddp, to_fsdp = tmp_path / "to_ddp", tmp_path / "to_fsdp"
     accum = ("data.batch_size=2", "train.grad_accum=2")
-    run_two_ranks(to_ddp, manifest, "train.max_steps=6", *accum, "--resume", str(fsdp / "step_000003"))
-    run_two_ranks(to_fsdp, manifest, "train.max_steps=6", "train.strategy=fsdp", *accum, "--resume",
-                  str(ddp_run / "step_000003"))
+    finish(start_two_ranks(to_ddp, manifest, "train.max_steps=6", *accum, "--resume", str(fsdp / "step_000003"))
+           + start_two_ranks(to_fsdp, manifest, "train.max_steps=6", "train.strategy=fsdp", *accum, "--resume",
+                             str(ddp_run / "step_000003")))  # both at once
     for out in (to_ddp, to_fsdp):
         assert losses(out) == pytest.approx({s: ref[s] for s in (4, 5, 6)}, rel=1e-5)
         assert_same(tensors(ddp_run, 6), tensors(out, 6), exact=False)
