@@ -129,8 +129,13 @@ def make_prepare(frontend: FrontendConfig):
 
 
 def configure_logging(env: DistEnv) -> None:
-    level = logging.INFO if env.is_main else logging.ERROR
-    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    """Rank 0 prints progress; other ranks print only warnings (e.g. the bad files they met), tagged."""
+    if env.is_main:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                            stream=sys.stdout)
+    else:
+        logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {env.rank}] %(message)s",
+                            datefmt="%H:%M:%S", stream=sys.stdout)
 
 
 def run(cfg: PretrainConfig) -> int:

@@ -18,12 +18,14 @@ import contextlib
 import hashlib
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -95,10 +97,6 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -243,11 +241,10 @@ class Trainer:
         accum = self.cfg.grad_accum
         for micro in range(accum):
             kwargs, counts = self.prepare(next(batches), self.env.device)
-            with gradient_sync(self.model, micro == accum - 1), self.autocast():
-                out = self.model(**kwargs)
-                loss = out["loss"]
-                if accum > 1:
-                    loss = loss / accum
+            with gradient_sync(self.model, micro == accum - 1):
+                with self.autocast():
+                    out = self.model(**kwargs)
+                loss = out["loss"] / accum if accum > 1 else out["loss"]
                 loss.backward()
             window.add_mean({k: v for k, v in out.items() if _is_scalar(v)})
             window.add_sum(counts)
@@ -255,11 +252,10 @@ class Trainer:
         lr = lr_at(self.step, self.optim_cfg.lr, self.optim_cfg.warmup_steps, self.cfg.max_steps,
                    self.optim_cfg.min_lr)
         set_lr(self.optimizer, lr)
-        grads = [p.grad for p in self.trainable if p.grad is not None]
         if self.optim_cfg.clip_grad > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.optim_cfg.clip_grad, foreach=True)
         else:
-            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.trainable if p.grad is not None], foreach=True)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor partial over shards
             norm = norm.full_tensor()
         bad = ~torch.isfinite(norm)
