@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from eat.train.optim import OptimConfig, build_optimizer, lr_at, param_groups, set_lr
+from eat.train.optim import OptimConfig, build_optimizer, group_lr_at, lr_at, param_groups, set_lr, set_lr_at
 
 
 class Net(nn.Module):
@@ -69,7 +69,7 @@ def test_official_eat_schedule_numbers():
     assert lr_at(400000, cfg.lr, cfg.warmup_steps, 400000) == 0.0
 
 
-@pytest.mark.parametrize("fused", ["foreach", "fused"])
+@pytest.mark.parametrize("fused", ["foreach", "fused", "forloop"])
 def test_update_rule_is_decoupled_adamw(fused):
     """Two steps against a plain re-statement of AdamW (p -= lr*wd*p, bias-corrected moments)."""
     torch.manual_seed(0)
@@ -80,6 +80,7 @@ def test_update_rule_is_decoupled_adamw(fused):
     model.w, model.b = w, b
     opt = build_optimizer(param_groups(model, cfg.weight_decay), cfg, torch.device("cpu"))
     assert bool(opt.defaults.get("fused")) == (fused == "fused")
+    assert opt.defaults.get("foreach") == {"fused": None, "foreach": True, "forloop": False}[fused]
     ref = {"w": w.detach().clone(), "b": b.detach().clone()}
     m = {k: torch.zeros_like(v) for k, v in ref.items()}
     v = {k: torch.zeros_like(x) for k, x in ref.items()}
@@ -96,3 +97,58 @@ def test_update_rule_is_decoupled_adamw(fused):
             ref[k] = ref[k] - 0.1 * mhat / (vhat.sqrt() + 1e-8)
     torch.testing.assert_close(w.detach(), ref["w"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b.detach(), ref["b"], rtol=1e-5, atol=1e-6)
+
+
+def fairseq_group_lr(step: int, peak: float, min_lr: float, warmup: int, total: int) -> float:
+    """One group's LR in fairseq's cosine scheduler, written out: min_lr is lowered to the group's peak when
+    the peak is below it, warm-up is linear from min_lr, then a half cosine from the peak to min_lr."""
+    if peak < min_lr:
+        min_lr = peak
+    if step <= warmup:
+        return min_lr + (peak - min_lr) * step / warmup
+    t = min(step, total) - warmup
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * t / (total - warmup)))
+
+
+@pytest.mark.parametrize("mode", ["scaled", "absolute"])
+def test_per_group_floor_modes_against_plain_formulas(mode):
+    """EAT AS-20K: peak 5e-5, min_lr 1e-6, layer decay 0.65 over 12 blocks (blocks 0-2 peak below 1e-6)."""
+    cfg = OptimConfig(lr=5e-5, min_lr=1e-6, warmup_steps=40, min_lr_mode=mode)
+    total = 400
+    scales = [0.65 ** (12 - i) for i in range(12)] + [1.0]
+    assert [s * cfg.lr < cfg.min_lr for s in scales[:4]] == [True, True, True, False]
+    groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr_scale": s} for s in scales]
+    opt = build_optimizer(groups, cfg, torch.device("cpu"))
+    for step in (1, 20, 40, 41, 150, 399, 400, 450):
+        set_lr_at(opt, step, cfg, total)
+        for s, group in zip(scales, opt.param_groups, strict=True):
+            if mode == "scaled":
+                base = (5e-5 * step / 40 if step <= 40 else
+                        1e-6 + 0.5 * (5e-5 - 1e-6) * (1 + math.cos(math.pi * (min(step, total) - 40) / 360)))
+                expect = s * base
+            else:
+                expect = fairseq_group_lr(step, s * 5e-5, 1e-6, 40, total)
+            assert group["lr"] == pytest.approx(expect, rel=1e-9, abs=1e-18), (step, s)
+            assert group_lr_at(step, s, cfg, total) == group["lr"]
+    if mode == "absolute":  # a group whose peak is below min_lr runs at its peak throughout
+        set_lr_at(opt, 1, cfg, total)
+        assert opt.param_groups[0]["lr"] == pytest.approx(scales[0] * 5e-5)
+        set_lr_at(opt, total, cfg, total)
+        assert opt.param_groups[0]["lr"] == pytest.approx(scales[0] * 5e-5)
+        assert opt.param_groups[-1]["lr"] == pytest.approx(1e-6)  # unscaled floor for the others
+    else:  # the floor shrinks with the scale
+        set_lr_at(opt, total, cfg, total)
+        assert opt.param_groups[0]["lr"] == pytest.approx(scales[0] * 1e-6)
+
+
+def test_fine_tuning_configs_use_the_official_floor():
+    from pathlib import Path
+
+    from eat.config import load_config
+    from eat.train.finetune import FinetuneConfig
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("finetune_*.yaml"))
+    assert len(configs) == 5
+    for path in configs:
+        cfg = load_config(FinetuneConfig, path)
+        assert (cfg.optim.min_lr, cfg.optim.min_lr_mode) == (1e-6, "absolute"), path.name

@@ -21,6 +21,10 @@ class OptimConfig:
 
     lr: float = 5e-4
     min_lr: float = 0.0
+    # how a group with lr_scale s (layer decay) treats min_lr: "scaled" = s x the whole schedule, floor
+    # included; "absolute" = fairseq's per-group cosine (official EAT fine-tuning): peak s x lr, warm-up
+    # from and decay to the unscaled min_lr, and a constant s x lr for groups whose peak is below min_lr
+    min_lr_mode: Literal["scaled", "absolute"] = "scaled"
     warmup_steps: int = 53333
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -29,8 +33,9 @@ class OptimConfig:
     # code); false: no decay for 1-D parameters, biases and the model's no_weight_decay() names.
     decay_all: bool = True
     clip_grad: float = 4.0  # global L2 norm; 0 disables clipping
-    # AdamW kernel: auto = fused on CUDA, foreach on CPU; fused/foreach force one
-    implementation: Literal["auto", "fused", "foreach"] = "auto"
+    # AdamW kernel: auto = fused on CUDA, foreach on CPU; fused/foreach force one; forloop = one parameter
+    # at a time (least memory, slowest; what the official fairseq code runs)
+    implementation: Literal["auto", "fused", "foreach", "forloop"] = "auto"
 
 
 def param_groups(
@@ -74,7 +79,7 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, device: torch.device) 
     fused = cfg.implementation == "fused" or (cfg.implementation == "auto" and device.type == "cuda")
     return torch.optim.AdamW(
         clean, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-        fused=fused or None, foreach=None if fused else True,
+        fused=fused or None, foreach=None if fused else cfg.implementation != "forloop",
     )
 
 
@@ -96,3 +101,23 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's LR to ``lr`` times its ``lr_scale``."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def group_lr_at(step: int, scale: float, cfg: OptimConfig, total: int) -> float:
+    """LR at update ``step`` of a group with ``lr_scale`` ``scale``, following ``cfg.min_lr_mode``."""
+    if cfg.min_lr_mode == "scaled":
+        return scale * lr_at(step, cfg.lr, cfg.warmup_steps, total, cfg.min_lr)
+    if cfg.min_lr_mode != "absolute":
+        raise ValueError(f"optim.min_lr_mode: {cfg.min_lr_mode!r} is not 'scaled' or 'absolute'")
+    peak = scale * cfg.lr
+    floor = min(cfg.min_lr, peak)  # fairseq lowers min_lr to a group's peak when the peak is below it
+    return floor + lr_at(step, peak - floor, cfg.warmup_steps, total)
+
+
+def set_lr_at(optimizer: torch.optim.Optimizer, step: int, cfg: OptimConfig, total: int) -> None:
+    """Set every group's LR for update ``step`` of a ``total``-update schedule (see :func:`group_lr_at`)."""
+    if cfg.min_lr_mode == "scaled":
+        set_lr(optimizer, lr_at(step, cfg.lr, cfg.warmup_steps, total, cfg.min_lr))
+        return
+    for group in optimizer.param_groups:
+        group["lr"] = group_lr_at(step, group.get("lr_scale", 1.0), cfg, total)
