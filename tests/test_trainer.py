@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from eat.config import ConfigError
 from eat.train.checkpoint import MODEL_FILE, OPTIM_TENSORS, list_checkpoints
-from eat.train.dist import DistEnv
+from eat.train.dist import DistEnv, configure_cpu_threads
 from eat.train.optim import OptimConfig, lr_at, param_groups
-from eat.train.trainer import TrainConfig, Trainer
+from eat.train.trainer import TrainConfig, Trainer, check_sdpa_backend
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 TRUE_W = torch.tensor([1.5, -2.0, 0.5, 3.0])
@@ -223,3 +224,96 @@ def test_preemption_signal_saves_and_resume_matches(tmp_path):
     cut, _ = _tensors(tmp_path / "cut", 6)
     for k in full:
         assert torch.equal(full[k], cut[k]), k
+
+
+def test_train_step_is_the_update_fit_runs(tmp_path):
+    """A hand-written loop over the public step API ends with the weights of fit() (bitwise)."""
+    ref = make_trainer(tmp_path, "fit", max_steps=6, grad_accum=2)
+    ref.fit()
+    t = make_trainer(tmp_path, "manual", max_steps=6, grad_accum=2)
+    batches = t.batches()
+    for step in range(1, 7):
+        out = t.train_step(next(batches), next(batches))
+        assert t.step == step and set(out) == {"loss", "mse", "sample_size", "grad_norm", "skipped"}
+        assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
+        assert out["skipped"] == 0 and out["sample_size"] == 16  # mean over the micro-batches
+    for a, b in zip(ref.module.parameters(), t.module.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert t.module.hook_steps == list(range(1, 7)) and t.epoch == 2  # 12 batches of 5 per epoch
+    logged = t.metrics.reduce(ENV)
+    assert logged["clips"] == 6 * 2 * 16 and logged["mse"] > 0
+    with pytest.raises(ValueError, match="grad_accum=2 micro-batches, got 1"):
+        t.train_step(next(batches))
+
+
+def test_hook_replaced_on_the_module_is_used(tmp_path):
+    t = make_trainer(tmp_path, max_steps=2)
+    calls = []
+    t.module.after_optimizer_step = calls.append
+    t.fit()
+    assert calls == [1, 2] and t.module.hook_steps == []
+
+
+class AttentionToy(Toy):
+    """Toy whose forward runs SDPA and records which attention kernels were allowed, forward and backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.noise = False
+        self.allowed: list[tuple[str, bool, bool]] = []
+
+    def _record(self, phase: str) -> None:
+        self.allowed.append((phase, torch.backends.cuda.math_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._record("forward")
+        q = torch.tanh(self.blocks[0](x)).view(x.shape[0], 1, 2, 4)  # (batch, heads, tokens, dim)
+        q.register_hook(lambda grad: self._record("backward"))  # runs after the attention's backward
+        a = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        pred = self.blocks[1](a.reshape(x.shape[0], 8)).squeeze(-1)
+        return {"loss": ((pred - y) ** 2).mean()}
+
+
+def test_sdpa_backend_pins_the_kernel_and_is_validated(tmp_path):
+    runs = {}
+    for backend in ("auto", "math", "flash"):
+        torch.manual_seed(0)
+        t = make_trainer(tmp_path, backend, model=AttentionToy(), max_steps=2, sdpa_backend=backend)
+        runs[backend] = [h["loss"] for h in t.fit().history]
+        phases = {phase for phase, _, _ in t.module.allowed}
+        assert phases == {"forward", "backward"}
+        for _, math_on, flash_on in t.module.allowed:
+            assert (math_on, flash_on) == {"auto": (True, True), "math": (True, False), "flash": (False, True)}[backend]
+    assert runs["math"] == pytest.approx(runs["auto"], rel=1e-5)
+    assert runs["flash"] == pytest.approx(runs["auto"], rel=1e-5)
+    for backend in ("cudnn", "efficient"):
+        with pytest.raises(ConfigError, match=f"train.sdpa_backend={backend} needs a CUDA device"):
+            make_trainer(tmp_path, backend, sdpa_backend=backend)
+    cuda = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cuda"))
+    with pytest.raises(ConfigError, match="needs half precision on CUDA"):
+        check_sdpa_backend("flash", cuda.device, bf16=False)
+    check_sdpa_backend("efficient", cuda.device, bf16=False)  # has an fp32 kernel
+
+
+def test_cudnn_benchmark_and_cpu_threads_follow_the_config(tmp_path, monkeypatch):
+    before = (torch.backends.cudnn.benchmark, torch.get_num_threads())
+    try:
+        make_trainer(tmp_path, "a", cudnn_benchmark=True, cpu_threads=1)
+        assert torch.backends.cudnn.benchmark and torch.get_num_threads() == 1
+        make_trainer(tmp_path, "b", cudnn_benchmark=False)
+        assert not torch.backends.cudnn.benchmark
+        # two CPU ranks on this machine under torchrun (which exports OMP_NUM_THREADS=1): a fair share each
+        two = DistEnv(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        cores = len(os.sched_getaffinity(0))
+        assert configure_cpu_threads(two) == max(1, cores // 2)
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting is kept
+        assert configure_cpu_threads(two) == 1
+        assert configure_cpu_threads(two, threads=2) == 2
+        torch.set_num_threads(1)
+        assert configure_cpu_threads(ENV) == 1  # one process: torch's choice stays
+    finally:
+        torch.backends.cudnn.benchmark = before[0]
+        torch.set_num_threads(before[1])

@@ -64,6 +64,23 @@ def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistEnv
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
+def configure_cpu_threads(env: DistEnv, threads: int = 0) -> int:
+    """Set torch's intra-op thread count for this process; returns the count in use.
+
+    ``threads > 0`` is used as given. ``0`` keeps torch's choice, except for several CPU ranks on one
+    machine: torchrun then exports ``OMP_NUM_THREADS=1`` to every worker (one core each, however many the
+    machine has), and each rank gets an equal share of the cores this process may use instead
+    (``cores // LOCAL_WORLD_SIZE``, when the launcher sets it). An ``OMP_NUM_THREADS`` other than 1 is kept.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif (env.device.type == "cpu" and env.distributed and "LOCAL_WORLD_SIZE" in os.environ
+          and os.environ.get("OMP_NUM_THREADS", "1") == "1"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // max(1, int(os.environ["LOCAL_WORLD_SIZE"]))))
+    return torch.get_num_threads()
+
+
 def shutdown() -> None:
     """Leave the process group (no-op when running alone)."""
     if dist.is_initialized():

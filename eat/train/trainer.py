@@ -5,8 +5,9 @@ The trainer knows its model only as "a module whose ``forward(**batch)`` returns
 under ``no_grad`` right after every optimizer step (EAT's EMA teacher update lives there). Data comes from
 a :class:`TrainData` whose position is saved per rank, so a resumed run continues from the exact batch.
 
-One update = ``grad_accum`` micro-batches (gradient all-reduce only on the last), global-norm clipping,
-AdamW at the LR of :func:`eat.train.optim.lr_at`, the model hook. Nothing is copied to the host per step:
+One update (:meth:`Trainer.train_step`) = ``grad_accum`` micro-batches (gradient all-reduce only on the
+last), global-norm clipping, AdamW at the LRs of :func:`eat.train.optim.set_lr_at`, the model hook; :meth:`Trainer.fit`
+repeats it with logging, evaluation and checkpoints. Nothing is copied to the host per step:
 losses and norms are summed on the device and read once per log interval. A non-finite gradient norm skips
 the update; with the fused CUDA AdamW this is decided on the device (the kernel's ``found_inf`` input), on
 CPU the host reads the flag (free there). ``max_bad_steps`` non-finite updates in a row stop the run.
@@ -29,23 +30,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from eat.config import ConfigError
 from eat.train import checkpoint as ckpt
 from eat.train.dist import (
     DistEnv,
     PreemptionFlag,
     any_rank,
     compile_blocks,
+    configure_cpu_threads,
     gradient_sync,
     unwrap,
     wrap_model,
 )
 from eat.train.metrics_log import MetricsLogger, MetricsWindow, peak_flops, progress_line
-from eat.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from eat.train.optim import OptimConfig, build_optimizer, group_lr_at, set_lr_at
 
 log = logging.getLogger("eat.train")
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; rerun with resume=auto
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
 @dataclass
@@ -58,6 +64,11 @@ class TrainConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 per block (large encoders)
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # attention kernel for forward and backward; auto: PyTorch's choice. CUDA: flash and cudnn need bf16,
+    # efficient and math run in any precision; CPU: auto, flash or math.
+    sdpa_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
+    cudnn_benchmark: bool = False  # let cuDNN autotune the convolutions (shapes are fixed per run)
+    cpu_threads: int = 0  # torch threads; 0: torch's choice, or a fair share of the cores for CPU ranks (dist)
     compile: bool = False  # torch.compile each repeated block (regional compilation)
     seed: int = 1
     log_every: int = 100
@@ -96,6 +107,22 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # reduced metrics of each log interval
 
 
+def check_sdpa_backend(backend: str, device: torch.device, bf16: bool) -> None:
+    """Refuse a ``train.sdpa_backend`` that has no kernel for this device and precision (a ConfigError)."""
+    if backend != "auto" and backend not in SDPA_BACKENDS:
+        raise ConfigError(f"train.sdpa_backend: unknown backend {backend!r} (auto, {', '.join(SDPA_BACKENDS)})")
+    if device.type != "cuda" and backend in ("cudnn", "efficient"):
+        raise ConfigError(f"train.sdpa_backend={backend} needs a CUDA device; on {device.type} use auto, flash or math")
+    if device.type == "cuda" and backend in ("flash", "cudnn") and not bf16:
+        raise ConfigError(f"train.sdpa_backend={backend} needs half precision on CUDA: set train.precision=bf16 "
+                          "(or auto), or use efficient / math in fp32")
+
+
+def sdpa_context(backend: str) -> contextlib.AbstractContextManager:
+    """Pin the attention kernel for everything run inside (``auto``: PyTorch's choice, no context)."""
+    return contextlib.nullcontext() if backend == "auto" else sdpa_kernel([SDPA_BACKENDS[backend]])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -124,6 +151,12 @@ class Trainer:
     * ``flops_per_clip``: training FLOPs per clip (forward + backward) for the MFU estimate.
     * A model with ``ema_decay_at(step)`` gets its EMA decay logged.
     * ``config``: the resolved run config (plain dict) saved with the run and every checkpoint.
+
+    Besides :meth:`fit`, the pieces of a run are public for benchmarks and custom loops:
+    :meth:`batches` (the endless batch stream), :meth:`train_step` (one update on given batches),
+    :meth:`forward_context` (the run's autocast and attention kernel) and :attr:`metrics` (the values
+    summed since the last log point). The model's ``after_optimizer_step`` is looked up at every update,
+    so replacing it on the module takes effect at once.
     """
 
     def __init__(
@@ -139,8 +172,14 @@ class Trainer:
         flops_per_clip: float | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
-        if cfg.grad_accum < 1 or cfg.max_steps < 1 or cfg.log_every < 1:
-            raise ValueError("train.grad_accum, train.max_steps and train.log_every must be >= 1")
+        if cfg.grad_accum < 1 or cfg.max_steps < 1 or cfg.log_every < 1 or cfg.cpu_threads < 0:
+            raise ConfigError("train.grad_accum, train.max_steps and train.log_every must be >= 1, "
+                              "train.cpu_threads >= 0")
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
+        check_sdpa_backend(cfg.sdpa_backend, env.device, bf16)
+        self._autocast_dtype = torch.bfloat16 if bf16 else None
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        configure_cpu_threads(env, cfg.cpu_threads)
         self.cfg, self.optim_cfg, self.env = cfg, optim_cfg, env
         self.data, self.prepare, self.eval_fn = data, prepare, eval_fn
         self.config = config
@@ -151,11 +190,9 @@ class Trainer:
         self.model = wrap_model(model, env, cfg.strategy)
         self.module = unwrap(self.model)
         self.optimizer = build_optimizer(param_groups(self.model), optim_cfg, env.device)
-        self.fused = bool(self.optimizer.defaults.get("fused"))
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.hook = getattr(self.module, "after_optimizer_step", None)
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
-        self.autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self._fused = bool(self.optimizer.defaults.get("fused"))
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.metrics = MetricsWindow(env.device)
         self.flops_per_clip = flops_per_clip
         self.peak = peak_flops(env.device, cfg.peak_tflops)
         self.logger = MetricsLogger(self.run_dir, env, cfg.tensorboard)
@@ -176,9 +213,9 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "skipped_steps": self.skipped_total,
-            "schedule": {"kind": "warmup_cosine", "peak_lr": c.lr, "min_lr": c.min_lr,
+            "schedule": {"kind": "warmup_cosine", "peak_lr": c.lr, "min_lr": c.min_lr, "min_lr_mode": c.min_lr_mode,
                          "warmup_steps": c.warmup_steps, "total_steps": self.cfg.max_steps,
-                         "lr": lr_at(max(self.step, 1), c.lr, c.warmup_steps, self.cfg.max_steps, c.min_lr)},
+                         "lr": group_lr_at(max(self.step, 1), 1.0, c, self.cfg.max_steps)},
         }
 
     def save(self) -> Path:
@@ -221,8 +258,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- loop
 
-    def _batches(self) -> Iterator[Any]:
-        """Endless stream of batches from the restored position; keeps ``epoch`` current."""
+    def batches(self) -> Iterator[Any]:
+        """Endless stream of raw batches from the data's (restored) position; keeps ``epoch`` current."""
         fresh = False  # the first epoch may be a resumed one that has nothing left
         while True:
             self.data.set_epoch(self.epoch)
@@ -236,31 +273,57 @@ class Trainer:
             self.epoch += 1
             fresh = True
 
-    def _update(self, batches: Iterator[Any], window: MetricsWindow) -> None:
-        """One optimizer update over ``grad_accum`` micro-batches."""
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self._autocast_dtype)
+
+    @contextlib.contextmanager
+    def forward_context(self) -> Iterator[None]:
+        """The run's autocast (bf16 or none) and attention kernel (``train.sdpa_backend``), as in training;
+        e.g. for inference that should use the same kernels."""
+        with sdpa_context(self.cfg.sdpa_backend), self._autocast():
+            yield
+
+    def train_step(self, *micro_batches: Any) -> dict[str, torch.Tensor]:
+        """One optimizer update on ``grad_accum`` raw batches (as the data yields them).
+
+        Each batch goes through ``prepare``, the forward (in :meth:`forward_context`) and the backward;
+        then the LR of the new step, clipping, AdamW (skipped for a non-finite gradient norm) and the model's
+        ``after_optimizer_step``. Advances :attr:`step` and adds the values to :attr:`metrics`.
+
+        Returns 0-dim tensors, none read back to the host: the model's scalar outputs averaged over the
+        micro-batches, ``grad_norm`` (before clipping) and ``skipped`` (1.0 when the update was skipped).
+        """
         accum = self.cfg.grad_accum
-        for micro in range(accum):
-            kwargs, counts = self.prepare(next(batches), self.env.device)
-            with gradient_sync(self.model, micro == accum - 1):
-                with self.autocast():
+        if len(micro_batches) != accum:
+            raise ValueError(f"train_step needs train.grad_accum={accum} micro-batches, got {len(micro_batches)}")
+        totals: dict[str, Any] = {}
+        for micro, batch in enumerate(micro_batches):
+            kwargs, counts = self.prepare(batch, self.env.device)
+            with gradient_sync(self.model, micro == accum - 1), sdpa_context(self.cfg.sdpa_backend):
+                with self._autocast():
                     out = self.model(**kwargs)
                 loss = out["loss"] / accum if accum > 1 else out["loss"]
-                loss.backward()
-            window.add_mean({k: v for k, v in out.items() if _is_scalar(v)})
-            window.add_sum(counts)
+                loss.backward()  # outside autocast: backward ops follow the forward's dtypes
+            for k, v in out.items():
+                if _is_scalar(v):
+                    v = v.detach() if isinstance(v, torch.Tensor) else v
+                    totals[k] = totals[k] + v if k in totals else v
+            self.metrics.add_sum(counts)
+        values = {k: torch.as_tensor(v / accum if accum > 1 else v) for k, v in totals.items()}
         self.step += 1
-        lr = lr_at(self.step, self.optim_cfg.lr, self.optim_cfg.warmup_steps, self.cfg.max_steps,
-                   self.optim_cfg.min_lr)
-        set_lr(self.optimizer, lr)
-        if self.optim_cfg.clip_grad > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.optim_cfg.clip_grad, foreach=True)
+        c = self.optim_cfg
+        set_lr_at(self.optimizer, self.step, c, self.cfg.max_steps)
+        if c.clip_grad > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self._trainable, c.clip_grad, foreach=True)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.trainable if p.grad is not None], foreach=True)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self._trainable if p.grad is not None], foreach=True)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor partial over shards
             norm = norm.full_tensor()
         bad = ~torch.isfinite(norm)
         stepped = True
-        if self.fused:
+        if self._fused:
             self.optimizer.found_inf = bad.float()  # the fused kernel skips the update on the device
             self.optimizer.step()
         elif bool(bad):  # host decision (free on CPU; a sync on CUDA without the fused kernel)
@@ -270,14 +333,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # the hook also runs after an update the fused kernel skipped (the host does not know yet); an EMA
         # step towards unchanged weights is harmless
-        if self.hook is not None and stepped:
+        hook = getattr(self.module, "after_optimizer_step", None)
+        if hook is not None and stepped:
             with torch.no_grad():
-                self.hook(self.step)
+                hook(self.step)
         self._bad_run = (self._bad_run + 1) * bad
         self._bad_max = torch.maximum(self._bad_max, self._bad_run)
         self._bad_count = self._bad_count + bad
-        window.add_mean({"grad_norm": norm})
-        window.step()
+        values["grad_norm"] = norm.detach()
+        self.metrics.add_mean(values)
+        self.metrics.step()
+        values["skipped"] = bad.float()
+        return values
 
     def _check_bad(self) -> int:
         """Read the non-finite counters (a host sync: only at log points); stop if a run got too long."""
@@ -295,8 +362,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg, env = self.cfg, self.env
         self.model.train()
-        window = MetricsWindow(env.device)
-        batches = self._batches()
+        batches = self.batches()
         history: list[dict[str, float]] = []
         preempt = PreemptionFlag().install()
         status: Literal["done", "preempted"] = "done"
@@ -312,10 +378,10 @@ class Trainer:
         t_window = time.perf_counter()
         try:
             while self.step < cfg.max_steps:
-                self._update(batches, window)
+                self.train_step(*(next(batches) for _ in range(cfg.grad_accum)))
                 last = self.step == cfg.max_steps
                 if self.step % cfg.log_every == 0 or last:
-                    values = self._log(window, time.perf_counter() - t_window)
+                    values = self._log(time.perf_counter() - t_window)
                     history.append(values)
                     t_window = time.perf_counter()
                 if self.eval_fn is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
@@ -343,9 +409,9 @@ class Trainer:
             self.logger.close()
         return TrainResult(status, self.step, self.run_dir, self.last_checkpoint, history)
 
-    def _log(self, window: MetricsWindow, elapsed: float) -> dict[str, float]:
-        steps = window.steps
-        values = window.reduce(self.env)
+    def _log(self, elapsed: float) -> dict[str, float]:
+        steps = self.metrics.steps
+        values = self.metrics.reduce(self.env)
         values["skipped_steps"] = float(self._check_bad())
         if "clips" in values and elapsed > 0:
             values["clips_per_s"] = values["clips"] / elapsed
@@ -353,7 +419,7 @@ class Trainer:
                 values["mfu"] = values["clips_per_s"] * self.flops_per_clip / (self.peak * self.env.world_size)
         values["s_per_step"] = elapsed / max(steps, 1)
         c = self.optim_cfg
-        values["lr"] = lr_at(self.step, c.lr, c.warmup_steps, self.cfg.max_steps, c.min_lr)  # of the last update
+        values["lr"] = group_lr_at(self.step, 1.0, c, self.cfg.max_steps)  # of the last update, lr_scale 1
         decay_at = getattr(self.module, "ema_decay_at", None)  # EMA teacher models report their decay
         if callable(decay_at):
             values["ema_decay"] = float(decay_at(self.step))
