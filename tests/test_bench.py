@@ -104,7 +104,7 @@ def test_user_errors_are_one_line(tmp_path):
     missing = tmp_path / "no.tsv"
     with pytest.raises(SystemExit, match=f"^error: manifest not found: {re.escape(str(missing))}$"):
         _tool("bench_pretrain").main(["--preset", "tiny", "--device", "cpu", "--loader", str(missing)])
-    with pytest.raises(SystemExit, match=r"^error: --sdpa-backend cudnn needs a CUDA device"):
+    with pytest.raises(SystemExit, match=r"^error: train.sdpa_backend=cudnn needs a CUDA device"):
         _tool("bench_finetune").main(["--preset", "tiny", "--device", "cpu", "--sdpa-backend", "cudnn"])
     with pytest.raises(SystemExit) as exit_info:
         _tool("bench_pretrain").main(["--preset", "tiny", "--loader-only"])

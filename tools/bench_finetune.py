@@ -1,11 +1,12 @@
 """Benchmark fine-tuning and inference of an audio classifier on 10 s clips, with and without patchout.
 
 Three measurements at the same batch size, each after a warm-up and with no host sync inside the timed
-loop: the trainer's fine-tuning step (``Trainer._update`` over ``eat.train.finetune.FinetuneModel``:
+loop: the trainer's fine-tuning step (``Trainer.train_step`` over ``eat.train.finetune.FinetuneModel``:
 spectrogram mixup + SpecAugment, BCE over 527 classes, layer-decayed AdamW, bf16 autocast on CUDA), the
 same step with PaSST-style structured patchout (``--patchout s_t,s_f``: time columns and frequency rows
-removed; the printed ratio is the speed-up), and inference (eval mode, ``torch.inference_mode``). MFU
-uses :mod:`eat.train.flops` (with patchout, the FLOPs of the tokens that remain).
+removed; the printed ratio is the speed-up), and inference (eval mode, ``torch.inference_mode``, in the
+trainer's ``forward_context``: same autocast and ``--sdpa-backend`` kernel). MFU uses :mod:`eat.train.flops`
+(with patchout, the FLOPs of the tokens that remain).
 
     python tools/bench_finetune.py --preset eat_base --batch 48 --compile --json bench_ft_eat.json
     python tools/bench_finetune.py --preset passt_s --patchout 40,4
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import sys
 import tempfile
 import time
@@ -25,20 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_pretrain import (
-    SDPA_BACKENDS,
-    Clock,
-    RepeatBatch,
-    check_sdpa,
-    count_host_syncs,
-    machine,
-    peak_memory,
-    rate,
-    reset_peak_memory,
-    resolve_device,
-    sdpa_context,
-    timed_loop,
-)
 
 from eat.audio.augment import AugmentConfig
 from eat.audio.fbank import FrontendConfig
@@ -48,9 +34,21 @@ from eat.train.dist import DistEnv
 from eat.train.finetune import BatchPrep, FinetuneModel, LossSection
 from eat.train.flops import classifier_flops_per_clip, grid
 from eat.train.layer_decay import finetune_param_groups
-from eat.train.metrics_log import MetricsWindow, peak_flops
+from eat.train.metrics_log import peak_flops
 from eat.train.optim import OptimConfig
-from eat.train.trainer import TrainConfig, Trainer
+from eat.train.trainer import SDPA_BACKENDS, TrainConfig, Trainer
+from eat.utils.bench import (
+    Clock,
+    RepeatBatch,
+    bench_main,
+    count_host_syncs,
+    machine,
+    peak_memory,
+    rate,
+    reset_peak_memory,
+    resolve_device,
+    timed_loop,
+)
 
 PRESETS = ("eat_base", "ast_base", "passt_s", "tiny")
 FRAMES_10S = {"eat_base": 1024, "ast_base": 1024, "passt_s": 998}  # tiny keeps its own 256 (CPU-sized)
@@ -75,7 +73,7 @@ def parse_patchout(text: str) -> PatchoutConfig:
 
 
 class StepBench:
-    """A fine-tuning trainer on a repeated device batch; ``step()`` is one ``Trainer._update``."""
+    """A fine-tuning trainer on a repeated device batch; ``step()`` is one ``Trainer.train_step``."""
 
     def __init__(self, args: argparse.Namespace, cfg: ClassifierConfig, device: torch.device, frames: int):
         torch.manual_seed(args.seed)
@@ -92,6 +90,7 @@ class StepBench:
         prep = BatchPrep(frontend, augment, cfg.num_classes, soft_targets=True, seed=args.seed)
         self.tmp = tempfile.TemporaryDirectory(prefix="eat-bench-")
         train_cfg = TrainConfig(out_dir=self.tmp.name, max_steps=10**9, device=device.type, precision=args.dtype,
+                                sdpa_backend=args.sdpa_backend, cudnn_benchmark=args.cudnn_benchmark,
                                 compile=args.compile, seed=args.seed, log_every=10**9, save_every=0,
                                 resume="none", tensorboard=False, check_weights=False)
         optim_cfg = OptimConfig(lr=5e-5, min_lr=1e-6, warmup_steps=4000, clip_grad=0.0)
@@ -102,38 +101,36 @@ class StepBench:
 
         env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
         self.trainer = Trainer(model, RepeatBatch(batch), train_cfg, optim_cfg, env, groups, prepare=prep)
-        self.batches = self.trainer._batches()
-        self.window = MetricsWindow(device)
-        self.source = batch["source"]
+        self.batch = batch
 
     def step(self) -> None:
-        self.trainer._update(self.batches, self.window)
+        self.trainer.train_step(self.batch)
 
     def infer(self) -> None:
-        with torch.inference_mode(), self.trainer.autocast():
-            self.classifier(self.source)
+        with torch.inference_mode(), self.trainer.forward_context():
+            self.classifier(self.batch["source"])
 
     def close(self) -> None:
-        self.batches.close()
         self.trainer.logger.close()
         self.tmp.cleanup()
 
 
 def measure(fn, args: argparse.Namespace, device: torch.device, clock: Clock, flops: float,
-            peak: float | None) -> dict[str, Any]:
+            peak: float | None, trainer: Trainer | None = None) -> dict[str, Any]:
     for _ in range(args.warmup):
         fn()
+    if trainer is not None:
+        trainer.metrics.reduce(trainer.env)  # drop the warm-up's values
     reset_peak_memory(device)
     timing = timed_loop(fn, args.steps, clock)
-    rate = args.batch * args.steps / timing["wall_s"]
-    return {"clips_per_s": rate, "step_time_s": timing, "flops_per_clip": flops,
-            "mfu": rate * flops / peak if peak else None, **peak_memory(device)}
+    clips_per_s = args.batch * args.steps / timing["wall_s"]
+    return {"clips_per_s": clips_per_s, "step_time_s": timing, "flops_per_clip": flops,
+            "mfu": clips_per_s * flops / peak if peak else None, **peak_memory(device)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    check_sdpa(args.sdpa_backend, device, args.dtype)
     base_cfg = classifier_config(args.preset, args.classes)
     frames = args.frames or FRAMES_10S.get(args.preset, base_cfg.encoder.target_length)
     base_cfg = classifier_config(args.preset, args.classes, target_length=frames)
@@ -151,24 +148,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "patchout": {"s_t": patchout.s_t, "s_f": patchout.s_f}},
         "peak_flops": peak, "steps": args.steps, "warmup": args.warmup,
     }
-    with sdpa_context(args.sdpa_backend):
-        for name, cfg in (("train", base_cfg), ("train_patchout", dataclasses.replace(base_cfg, patchout=patchout))):
-            bench = StepBench(args, cfg, device, frames)
-            try:
-                result[name] = measure(bench.step, args, device, clock,
-                                       classifier_flops_per_clip(cfg, frames, training=True), peak)
-                result[name]["loss"] = bench.window.reduce(bench.trainer.env)["loss"]
-                if device.type == "cuda":
-                    result[name]["host_syncs_per_step"] = count_host_syncs(bench.step)
-                if name == "train":
-                    result["inference"] = measure(bench.infer, args, device, clock,
-                                                  classifier_flops_per_clip(cfg, frames), peak)
-            finally:
-                bench.close()
-                del bench
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+    for name, cfg in (("train", base_cfg), ("train_patchout", dataclasses.replace(base_cfg, patchout=patchout))):
+        bench = StepBench(args, cfg, device, frames)
+        try:
+            result[name] = measure(bench.step, args, device, clock,
+                                   classifier_flops_per_clip(cfg, frames, training=True), peak, bench.trainer)
+            result[name]["loss"] = bench.trainer.metrics.reduce(bench.trainer.env)["loss"]
+            if device.type == "cuda":
+                result[name]["host_syncs_per_step"] = count_host_syncs(bench.step)
+            if name == "train":
+                result["inference"] = measure(bench.infer, args, device, clock,
+                                              classifier_flops_per_clip(cfg, frames), peak)
+        finally:
+            bench.close()
+            del bench
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     result["patchout_speedup"] = result["train_patchout"]["clips_per_s"] / result["train"]["clips_per_s"]
     return result
 
@@ -209,9 +205,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--compile", action="store_true", help="torch.compile every block (train.compile=true)")
-    p.add_argument("--sdpa-backend", choices=("auto", *SDPA_BACKENDS), default="auto")
+    p.add_argument("--sdpa-backend", choices=("auto", *SDPA_BACKENDS), default="auto",
+                   help="pin the attention kernel, train.sdpa_backend (default: PyTorch's choice)")
     p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="torch.backends.cudnn.benchmark = True (autotunes the convolutions for the fixed shapes)")
+                   help="train.cudnn_benchmark=true (cuDNN autotunes the convolutions for the fixed shapes)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -228,16 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     start = time.perf_counter()
-    try:
-        result = run(args)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    result["bench_wall_s"] = time.perf_counter() - start
-    print(report(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+    def timed_run() -> dict[str, Any]:
+        return {**run(args), "bench_wall_s": time.perf_counter() - start}
+
+    bench_main(timed_run, report, args.json)
 
 
 if __name__ == "__main__":

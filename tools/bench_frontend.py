@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import soundfile
 import torch
 
 from eat.audio.fbank import FrontendConfig, fbank, waveform_to_input
+from eat.utils.bench import machine
 
 KALDI_ARGS = dict(htk_compat=True, use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
                   frame_shift=10)
@@ -118,19 +118,6 @@ def bench_loader(
     return results
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=32, help="clips in the fbank batch (a)")
@@ -152,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    info = machine()
+    info = machine(args.device)
     print(f"# {info['cpu']} | torch {info['torch']} | {info['threads']} threads | python {info['python']}")
     out: dict = {"machine": info, "command": " ".join(["python", "tools/bench_frontend.py", *sys.argv[1:]])}
     a = bench_fbank(args.clips, args.seconds, args.repeats, args.device)

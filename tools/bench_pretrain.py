@@ -1,8 +1,10 @@
 """Benchmark the EAT pretraining step: clips/s, where the time goes, MFU, peak memory.
 
-The timed step is the trainer's own (``Trainer._update``: bf16 autocast, forward, backward, clipping,
-fused AdamW, the EMA hook), built by ``eat.train`` from the same configs a run uses, on synthetic input
-already on the device (or, with ``--loader``, on real batches from a manifest). Three passes:
+The timed step is the trainer's own (``Trainer.train_step``: bf16 autocast, forward, backward, clipping,
+fused AdamW, the EMA hook), built by ``eat.train`` from the same configs a run uses (``--sdpa-backend``,
+``--cudnn-benchmark`` and ``--compile`` set ``train.sdpa_backend``, ``train.cudnn_benchmark`` and
+``train.compile``), on synthetic input already on the device (or, with ``--loader``, on real batches from a
+manifest). Three passes:
 
 1. warm-up (compilation, cuDNN/cuBLAS autotuning), not timed;
 2. ``--steps`` timed steps without any host synchronisation inside the loop (one sync at each end);
@@ -11,9 +13,10 @@ already on the device (or, with ``--loader``, on real batches from a manifest). 
    forward + backward, optimizer (clipping + AdamW) + EMA, and the rest (targets, masks, loss).
 
 ``--reference`` also times an "official-style" step in the same process: fairseq-like fp16 autocast on
-CUDA (fp32 on CPU), SDPA forced to its MATH backend (a stand-in for the hand-written attention), AdamW
-without fused or foreach kernels, a per-parameter Python EMA loop, no compilation; everything else is
-the same trainer step, so the ratio measures exactly those choices.
+CUDA (fp32 on CPU), ``train.sdpa_backend=math`` (a stand-in for the hand-written attention),
+``optim.implementation=forloop`` (AdamW without fused or foreach kernels; the host checks the gradient
+norm), a per-parameter Python EMA loop, no compilation; everything else is the same trainer step, so the
+ratio measures exactly those choices.
 
 ``--loader MANIFEST`` measures the input pipeline through ``PretrainDataset`` + ``build_loader``:
 clips/s of the workers alone (decode + fbank in the workers, and decode only), of the batched fbank on
@@ -27,25 +30,19 @@ the device, and of training steps fed by the loader.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import importlib
-import json
-import platform
-import resource
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from eat.audio.fbank import FrontendConfig, waveform_to_input
 from eat.config import ConfigError
@@ -55,141 +52,26 @@ from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.model.masking import inverse_block_mask
 from eat.train.dist import DistEnv
 from eat.train.flops import grid, pretrain_flops
-from eat.train.metrics_log import MetricsWindow, peak_flops
+from eat.train.metrics_log import peak_flops
 from eat.train.optim import OptimConfig, param_groups
-from eat.train.trainer import TrainConfig, Trainer
+from eat.train.trainer import SDPA_BACKENDS, TrainConfig, Trainer, check_sdpa_backend
+from eat.utils.bench import (
+    Clock,
+    RepeatBatch,
+    bench_main,
+    count_host_syncs,
+    machine,
+    peak_memory,
+    rate,
+    reset_peak_memory,
+    resolve_device,
+    timed_loop,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-
-
-# ------------------------------------------------------------------------------------------ timing helpers
-
-
-def sdpa_context(backend: str) -> contextlib.AbstractContextManager:
-    """Pin the SDPA backend for everything run inside (``auto``: PyTorch's own choice)."""
-    return contextlib.nullcontext() if backend == "auto" else sdpa_kernel([SDPA_BACKENDS[backend]])
-
-
-def check_sdpa(backend: str, device: torch.device, dtype: str) -> None:
-    """Refuse backend/device/dtype combinations that have no kernel, before anything is built."""
-    if device.type != "cuda" and backend in ("cudnn", "efficient"):
-        raise ConfigError(f"--sdpa-backend {backend} needs a CUDA device (CPU: auto, flash or math)")
-    if device.type == "cuda" and backend in ("flash", "cudnn") and dtype != "bf16":
-        raise ConfigError(f"--sdpa-backend {backend} needs half precision on CUDA: use --dtype bf16")
-
-
-class Clock:
-    """Timestamps on the device's timeline: CUDA events on GPU (recording one never waits), else
-    ``perf_counter`` (CPU kernels are synchronous, so the host clock is the device clock)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def mark(self) -> Any:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def seconds(self, start: Any, end: Any) -> float:
-        return start.elapsed_time(end) / 1e3 if self.cuda else end - start
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-
-def timed_loop(step: Callable[[], None], steps: int, clock: Clock) -> dict[str, float]:
-    """Run ``step`` ``steps`` times with no sync inside; wall time plus the per-step device times."""
-    clock.sync()
-    start_wall = time.perf_counter()
-    marks = [clock.mark()]
-    for _ in range(steps):
-        step()
-        marks.append(clock.mark())
-    clock.sync()
-    wall = time.perf_counter() - start_wall
-    per_step = [clock.seconds(a, b) for a, b in zip(marks, marks[1:], strict=False)]
-    return {"wall_s": wall, "step_s_median": statistics.median(per_step), "step_s_mean": wall / steps,
-            "step_s_min": min(per_step)}
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory(device: torch.device) -> dict[str, Any]:
-    """CUDA: the allocator's peak since the last reset; CPU: the process's peak resident set."""
-    if device.type == "cuda":
-        return {"peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-                "memory_kind": "cuda max_memory_allocated since the timed pass began"}
-    return {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "memory_kind": "process peak RSS (whole run)"}
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"device": str(device), "cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-    return info
-
-
-def count_host_syncs(step: Callable[[], None]) -> int:
-    """Synchronising CUDA calls made by one ``step`` (``torch.cuda.set_sync_debug_mode``)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchronizing" in str(w.message) for w in caught)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available")
-    return torch.device(name)
 
 
 # ------------------------------------------------------------------------------------------ the step
-
-
-class RepeatBatch:
-    """A :class:`~eat.train.trainer.TrainData` that yields the same (device-resident) batch forever."""
-
-    def __init__(self, batch: dict[str, Any]):
-        self.batch = batch
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            yield self.batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def recipe_prepare(frontend: FrontendConfig) -> Callable:
@@ -205,16 +87,20 @@ def recipe_prepare(frontend: FrontendConfig) -> Callable:
 
 @dataclasses.dataclass
 class StepSetup:
-    """Everything a benchmark needs to run training steps: the trainer, its batch stream and a window."""
+    """Everything a benchmark needs to run training steps: the trainer and its batch stream."""
 
     trainer: Trainer
     model: EATModel
     batches: Iterator[Any]
-    window: MetricsWindow
+    fp16: bool  # the reference on CUDA: the step under fairseq-style fp16 autocast
     tmp: tempfile.TemporaryDirectory
 
     def step(self) -> None:
-        self.trainer._update(self.batches, self.window)
+        if self.fp16:
+            with torch.autocast("cuda", dtype=torch.float16):
+                self.trainer.train_step(next(self.batches))
+        else:
+            self.trainer.train_step(next(self.batches))
 
     def close(self) -> None:
         self.batches.close()
@@ -228,11 +114,16 @@ def build_step(args: argparse.Namespace, device: torch.device, data: Any, fronte
     torch.manual_seed(args.seed)
     model = EATModel(model_config(args))
     tmp = tempfile.TemporaryDirectory(prefix="eat-bench-")
-    precision = "fp32" if reference else args.dtype
-    train_cfg = TrainConfig(out_dir=tmp.name, max_steps=10**9, device=device.type, precision=precision,
-                            compile=args.compile and not reference, seed=args.seed, log_every=10**9,
-                            save_every=0, resume="none", tensorboard=False, check_weights=False)
-    optim_cfg = OptimConfig()
+    train_cfg = TrainConfig(out_dir=tmp.name, max_steps=10**9, device=device.type,
+                            precision="fp32" if reference else args.dtype,
+                            sdpa_backend="math" if reference else args.sdpa_backend,
+                            cudnn_benchmark=args.cudnn_benchmark, compile=args.compile and not reference,
+                            seed=args.seed, log_every=10**9, save_every=0, resume="none", tensorboard=False,
+                            check_weights=False)
+    # the reference: per-parameter AdamW, the host checks the gradient norm before every update (fairseq)
+    optim_cfg = OptimConfig(implementation="forloop") if reference else OptimConfig()
+    if reference:
+        model.after_optimizer_step = python_ema(model)
     no_decay = model.no_weight_decay()
 
     def groups(m: nn.Module) -> list[dict]:
@@ -240,14 +131,8 @@ def build_step(args: argparse.Namespace, device: torch.device, data: Any, fronte
 
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
     trainer = Trainer(model, data, train_cfg, optim_cfg, env, groups, prepare=recipe_prepare(frontend))
-    if reference:
-        trainer.fused = False  # the host checks the gradient norm before every update, as fairseq does
-        for group in trainer.optimizer.param_groups:  # the per-parameter for-loop AdamW (set before its
-            group["fused"] = group["foreach"] = False  # first step, so its state is made for that path)
-        trainer.hook = python_ema(model)
-        if device.type == "cuda":  # fairseq's fp16 (its dynamic loss scaling costs nothing measurable)
-            trainer.autocast = lambda: torch.autocast("cuda", dtype=torch.float16)
-    return StepSetup(trainer, model, trainer._batches(), MetricsWindow(device), tmp)
+    # fairseq's fp16 on CUDA (its dynamic loss scaling costs nothing measurable)
+    return StepSetup(trainer, model, trainer.batches(), reference and device.type == "cuda", tmp)
 
 
 def python_ema(model: EATModel) -> Callable[[int], None]:
@@ -297,14 +182,15 @@ class PhaseMarks:
             lambda p: self._mark("backward_end")))
         self.handles.append(trainer.optimizer.register_step_post_hook(
             lambda opt, a, k: self._mark("optimizer_end")))
-        self.hook = trainer.hook
+        self.own_hook = "after_optimizer_step" in vars(model)  # the reference's Python EMA
+        self.hook = model.after_optimizer_step
 
         def ema(step: int) -> None:
             self._mark("ema_start")
             self.hook(step)
             self._mark("ema_end")
 
-        trainer.hook = ema
+        model.after_optimizer_step = ema  # the trainer looks the hook up at every update
 
     def _mark(self, name: str) -> None:
         self.marks[name] = self.clock.mark()
@@ -334,7 +220,10 @@ class PhaseMarks:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-        self.setup.trainer.hook = self.hook
+        if self.own_hook:
+            self.setup.model.after_optimizer_step = self.hook
+        else:
+            del self.setup.model.after_optimizer_step  # the class's method again
 
     def step(self) -> dict[str, float]:
         """One synchronised step; the phase durations in seconds."""
@@ -467,7 +356,7 @@ def loader_for(dataset: PretrainDataset, args: argparse.Namespace, device: torch
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    check_sdpa(args.sdpa_backend, device, args.dtype)
+    check_sdpa_backend(args.sdpa_backend, device, args.dtype == "bf16")  # before the loader is measured
     if args.loader is not None and not Path(args.loader).is_file():
         raise ManifestError(f"manifest not found: {args.loader}")
     clock = Clock(device)
@@ -496,34 +385,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["loader"] = bench_loader(args, cfg, frontend, device, clock)
         if args.loader_only:
             return result
-    with sdpa_context(args.sdpa_backend):
-        if args.loader:
-            dataset = PretrainDataset(args.loader, frontend, mask_config(cfg, enc.target_length),
-                                      return_waveform=args.fbank_on_device, seed=args.seed)
-            data = loader_for(dataset, args, device)
-        else:
-            data = RepeatBatch(synthetic_batch(args, cfg, frontend, device))
-        setup = build_step(args, device, data, frontend)
-        try:
-            start = time.perf_counter()
-            for _ in range(args.warmup):
-                setup.step()
-            clock.sync()
-            result["warmup_s"] = time.perf_counter() - start
-            reset_peak_memory(device)
-            timing = timed_loop(setup.step, args.steps, clock)
-            result.update(peak_memory(device))
-            result["clips_per_s"] = args.batch * args.steps / timing["wall_s"]
-            result["step_time_s"] = timing
-            result["mfu"] = result["clips_per_s"] * flops["total"] / peak if peak else None
-            result["achieved_tflops"] = result["clips_per_s"] * flops["total"] / 1e12
-            values = setup.window.reduce(setup.trainer.env)  # one host read for all timed steps
-            result["loss"] = values["loss"]
-            result["split_s"], result["split_detail_s"] = phase_split(setup, clock, args.split_steps)
-            result["host_syncs_per_step"] = count_host_syncs(setup.step) if device.type == "cuda" else None
-        finally:
-            setup.close()
-            del setup
+    if args.loader:
+        dataset = PretrainDataset(args.loader, frontend, mask_config(cfg, enc.target_length),
+                                  return_waveform=args.fbank_on_device, seed=args.seed)
+        data = loader_for(dataset, args, device)
+    else:
+        data = RepeatBatch(synthetic_batch(args, cfg, frontend, device))
+    setup = build_step(args, device, data, frontend)
+    try:
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            setup.step()
+        clock.sync()
+        result["warmup_s"] = time.perf_counter() - start
+        setup.trainer.metrics.reduce(setup.trainer.env)  # drop the warm-up's values
+        reset_peak_memory(device)
+        timing = timed_loop(setup.step, args.steps, clock)
+        result.update(peak_memory(device))
+        result["clips_per_s"] = args.batch * args.steps / timing["wall_s"]
+        result["step_time_s"] = timing
+        result["mfu"] = result["clips_per_s"] * flops["total"] / peak if peak else None
+        result["achieved_tflops"] = result["clips_per_s"] * flops["total"] / 1e12
+        values = setup.trainer.metrics.reduce(setup.trainer.env)  # one host read for all timed steps
+        result["loss"] = values["loss"]
+        result["split_s"], result["split_detail_s"] = phase_split(setup, clock, args.split_steps)
+        result["host_syncs_per_step"] = count_host_syncs(setup.step) if device.type == "cuda" else None
+    finally:
+        setup.close()
+        del setup
     if args.reference:
         gc.collect()
         if device.type == "cuda":
@@ -539,23 +428,18 @@ def reference_run(args: argparse.Namespace, device: torch.device, frontend: Fron
     data = RepeatBatch(synthetic_batch(args, model_config(args), frontend, device))
     setup = build_step(args, device, data, frontend, reference=True)
     try:
-        with sdpa_context("math"):
-            for _ in range(args.warmup):
-                setup.step()
-            reset_peak_memory(device)
-            timing = timed_loop(setup.step, args.steps, clock)
-        values = setup.window.reduce(setup.trainer.env)
+        for _ in range(args.warmup):
+            setup.step()
+        setup.trainer.metrics.reduce(setup.trainer.env)  # drop the warm-up's values
+        reset_peak_memory(device)
+        timing = timed_loop(setup.step, args.steps, clock)
+        values = setup.trainer.metrics.reduce(setup.trainer.env)
     finally:
         setup.close()
     return {"dtype": "fp16 autocast" if device.type == "cuda" else "fp32", "sdpa_backend": "math",
             "optimizer": "AdamW for-loop (no fused, no foreach)", "ema": "per-parameter Python loop",
             "compile": False, "clips_per_s": args.batch * args.steps / timing["wall_s"], "step_time_s": timing,
             "loss": values["loss"], **peak_memory(device)}
-
-
-def rate(x: float) -> str:
-    """Clips/s with one decimal, or three significant digits below 10 (CPU runs of the big presets)."""
-    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
 
 
 def report(r: dict[str, Any]) -> str:
@@ -601,11 +485,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split-steps", type=int, default=3, help="instrumented steps for the phase split (default 3)")
     p.add_argument("--compile", action="store_true", help="torch.compile every block (train.compile=true)")
     p.add_argument("--sdpa-backend", choices=("auto", *SDPA_BACKENDS), default="auto",
-                   help="pin the attention kernel (default: PyTorch's choice)")
+                   help="pin the attention kernel, train.sdpa_backend (default: PyTorch's choice)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
                    help="autocast dtype (default bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="torch.backends.cudnn.benchmark = True (autotunes the convolutions for the fixed shapes)")
+                   help="train.cudnn_benchmark=true (cuDNN autotunes the convolutions for the fixed shapes)")
     p.add_argument("--fbank-on-device", action="store_true",
                    help="feed waveforms and run the batched fbank on the device inside the step")
     p.add_argument("--loader", type=Path, metavar="MANIFEST",
@@ -635,14 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    try:
-        result = run(args)
-    except (ConfigError, ManifestError) as e:
-        sys.exit(f"error: {e}")
-    print(report(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    bench_main(lambda: run(args), report, args.json, (ConfigError, ManifestError))
 
 
 if __name__ == "__main__":
