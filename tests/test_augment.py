@@ -3,12 +3,14 @@
 import math
 
 import pytest
+import scipy.stats
 import torch
 
 from eat.audio.augment import (
     AugmentConfig,
     augment_batch,
     augment_waveform,
+    beta,
     mixup,
     random_gain,
     random_roll,
@@ -148,3 +150,53 @@ def test_config_wrappers_are_deterministic():
     w = torch.randn(16000)
     assert torch.equal(augment_waveform(w, cfg, gen(2)), augment_waveform(w, cfg, gen(2)))
     assert not torch.equal(augment_waveform(w, cfg, gen(2)), w)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.8, 10.0])
+def test_beta_draws_follow_the_beta_distribution(alpha):
+    draws = beta(alpha, 5000, gen(int(alpha * 10)))
+    assert draws.dtype == torch.float32 and draws.shape == (5000,)
+    assert torch.all((draws >= 0) & (draws <= 1))
+    assert scipy.stats.kstest(draws.double().numpy(), scipy.stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+    assert torch.equal(beta(alpha, 3, gen(1)), beta(alpha, 3, gen(1)))
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        beta(0.0, 3, gen(1))
+
+
+ALL_ON = AugmentConfig(spec_mixup_prob=0.9, spec_mixup_alpha=0.8, mixup_per_example=True, mixup_dominant=True,
+                       freq_mask=8, time_mask=10, spc2_noise=True, roll=True, gain="db")
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+def test_augmentation_never_reads_a_tensor_back_to_the_host(monkeypatch):
+    """On a GPU a value read back (``.item()``, ``bool(t)``, a copy to the CPU) makes the step wait for the
+    device. Every such read raises here, and every augmentation still runs: the random numbers go from the
+    generator to the data, never back."""
+    x, y = torch.randn(6, 30, 16), one_hot([0, 1, 2, 3, 0, 1], 4)
+    wave = torch.randn(6, 800)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was read back to the host")
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    with pytest.raises(AssertionError, match="read back"):
+        bool(x.sum() > 0)  # the patch is live
+    for cfg in (ALL_ON, AugmentConfig(spec_mixup_prob=1.0, spec_mixup_alpha=0.8, gain="beta", roll=True)):
+        augment_batch(x, y, cfg, gen(3))
+        augment_waveform(wave, cfg, gen(4))
+        augment_batch(x, y, cfg, None)  # the global RNG
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA synchronisation check")
+def test_augmentation_on_cuda_does_not_synchronise():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x, y = torch.randn(6, 30, 16, device="cuda"), one_hot([0, 1, 2, 3, 0, 1], 4).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        augment_batch(x, y, ALL_ON, g)
+        augment_batch(x, y, ALL_ON, gen(1))  # a CPU generator: draws copied to the device without waiting
+        augment_waveform(torch.randn(6, 800, device="cuda"), ALL_ON, g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -1,10 +1,10 @@
 """Fine-tuning augmentations: mixup, SpecAugment, time roll, random gain and the SPC-2 noise.
 
 Every function works on a batch (rows = examples), runs on the input's device with tensor ops only, and
-draws its randomness from an explicit ``torch.Generator`` so a run is reproducible from its seed. The
-random numbers are drawn on the generator's device (CPU generators stay valid for GPU batches) and then
-moved to the data; Beta variates, which torch cannot draw from a generator, come from a NumPy generator
-seeded by one draw of the torch generator.
+draws its randomness from an explicit ``torch.Generator`` (``None``: the data device's global RNG) so a
+run is reproducible from its seed. Random numbers are drawn on the generator's device and copied to the
+data without waiting (a CPU generator stays valid for GPU batches); nothing is ever read back to the host,
+so a training step on a GPU never waits for the device here. Beta variates are ratios of two Gamma draws.
 
 Which recipe uses what (see ``recipes/configs/finetune_*.yaml``):
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
 
@@ -53,19 +52,27 @@ class AugmentConfig:
     spc2_noise: bool = False
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` on ``device``; a host-to-device copy does not wait (a copy to the host must, to be safe)."""
+    device = torch.device(device)
+    return t.to(device, non_blocking=device.type != "cpu")
+
+
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
     """U[0, 1) float32 draws from ``generator`` (on its device), returned on ``device``."""
     gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+    return to_device(torch.rand(shape, generator=generator, device=gen_device), device)
 
 
-def beta(alpha: float, n: int, generator: torch.Generator | None) -> torch.Tensor:
-    """``n`` draws of Beta(alpha, alpha) as float32 CPU tensor, reproducible from ``generator``."""
+def beta(alpha: float, n: int, generator: torch.Generator | None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` draws of Beta(alpha, alpha) as float32 on ``device``: ``g1 / (g1 + g2)`` of two Gamma(alpha)
+    variates, drawn in float64 from ``generator`` on its device."""
     if alpha <= 0:
         raise ValueError(f"mixup alpha must be positive, got {alpha}")
-    gen_device = generator.device if generator is not None else "cpu"
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device).item())
-    return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size=n)).float()
+    gen_device = generator.device if generator is not None else device
+    g = torch._standard_gamma(torch.full((2, n), float(alpha), dtype=torch.float64, device=gen_device),
+                              generator=generator)
+    return to_device((g[0] / (g[0] + g[1])).float(), device)
 
 
 def mixup(
@@ -89,11 +96,11 @@ def mixup(
         raise ValueError(f"mixup needs float (B, C) targets, got {tuple(y.shape)} {y.dtype}")
     b = x.shape[0]
     draws = b if per_example else 1
-    lam = beta(alpha, draws, generator)
+    lam = beta(alpha, draws, generator, x.device)
     if dominant:
         lam = torch.maximum(lam, 1.0 - lam)
-    apply = uniform((draws,), generator, "cpu") < prob
-    lam = torch.where(apply, lam, torch.ones_like(lam)).expand(b).to(x.device)
+    apply = uniform((draws,), generator, x.device) < prob
+    lam = torch.where(apply, lam, torch.ones_like(lam)).expand(b)
     lx = lam.to(x.dtype).view(b, *([1] * (x.dim() - 1)))
     ly = lam.to(y.dtype).view(b, 1)
     return lx * x + (1 - lx) * x.flip(0), ly * y + (1 - ly) * y.flip(0), lam
@@ -140,14 +147,14 @@ def roll_rows(x: torch.Tensor, shifts: torch.Tensor, dim: int = -1) -> torch.Ten
     dim = dim % x.dim()
     size = x.shape[dim]
     pos = torch.arange(size, device=x.device).view([size if d == dim else 1 for d in range(x.dim())])
-    index = (pos - shifts.to(x.device).view([-1] + [1] * (x.dim() - 1))).remainder(size)
+    index = (pos - to_device(shifts, x.device).view([-1] + [1] * (x.dim() - 1))).remainder(size)
     return x.gather(dim, index.expand(x.shape))
 
 
 def random_roll(wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """EAT's roll: each clip of ``wave (B, S)`` (or one ``(S,)`` clip) rolled by a uniform offset in [0, S)."""
     rows = wave.reshape(-1, wave.shape[-1])
-    shifts = (uniform((rows.shape[0],), generator, "cpu").double() * rows.shape[-1]).long()
+    shifts = (uniform((rows.shape[0],), generator, rows.device).double() * rows.shape[-1]).long()
     return roll_rows(rows, shifts).reshape(wave.shape)
 
 
@@ -162,13 +169,13 @@ def random_gain(
     rows = wave.reshape(-1, wave.shape[-1])
     n = rows.shape[0]
     if mode == "beta":
-        factor = beta(10.0, n, generator) + 0.5
+        factor = beta(10.0, n, generator, rows.device) + 0.5
     elif mode == "db":
-        db = (uniform((n,), generator, "cpu").double() * 2 * max_db).floor() - max_db
-        factor = (10.0 ** (db / 20.0)).float()
+        db = (uniform((n,), generator, rows.device).double() * 2 * max_db).floor() - max_db
+        factor = 10.0 ** (db / 20.0)
     else:
         raise ValueError(f"unknown gain mode {mode!r}; choose 'beta' or 'db'")
-    return (rows * factor.to(rows.device, rows.dtype).unsqueeze(1)).reshape(wave.shape)
+    return (rows * factor.to(rows.dtype).unsqueeze(1)).reshape(wave.shape)
 
 
 def spc2_noise(x: torch.Tensor, generator: torch.Generator | None = None, max_shift: int = 10) -> torch.Tensor:
@@ -181,7 +188,7 @@ def spc2_noise(x: torch.Tensor, generator: torch.Generator | None = None, max_sh
     scale = uniform((b,), generator, x.device).to(x.dtype) / 10
     noise = uniform(tuple(x.shape), generator, x.device).to(x.dtype)
     noisy = x + noise * scale.view([b] + [1] * (x.dim() - 1))
-    shifts = (uniform((b,), generator, "cpu").double() * 2 * max_shift).floor().long() - max_shift
+    shifts = (uniform((b,), generator, x.device).double() * 2 * max_shift).floor().long() - max_shift
     return roll_rows(noisy, shifts, dim=-2)
 
 
