@@ -12,6 +12,8 @@ other objects is refused with instructions (see ``eat/model/convert.py``).
 The front-end defaults to the official AudioSet recipe (normalisation -4.268 / 4.569) at the model's own
 training length; pass ``--frontend-preset esc50`` or ``spc2`` for models fine-tuned on those sets.
 Load the result with ``eat.load_encoder(OUT_DIR)`` / ``eat.load_classifier(OUT_DIR)``.
+``tools/export_encoder.py`` does the same for official checkpoints (one shared function) and also exports
+this toolkit's own runs.
 """
 
 from __future__ import annotations
@@ -20,37 +22,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from eat.audio.fbank import FrontendConfig
-from eat.config import ConfigError
-from eat.export import ExportError, save_export
-from eat.model.convert import ConversionError, load_official
+from eat.export import ExportError
 
-
-def convert(
-    src: Path, out: Path, teacher: bool = False, preset: str | None = None, class_names: list[str] | None = None
-) -> str:
-    """Convert ``src`` into the export directory ``out``; returns a one-line description."""
-    conv = load_official(src)
-    if preset is None:
-        frontend = FrontendConfig.from_preset("audioset", target_length=conv.encoder_cfg.target_length)
-    else:
-        frontend = FrontendConfig.from_preset(preset)
-    meta = {"source": str(src), "kind": f"official-{conv.source_format}", "notes": conv.notes}
-    if teacher:
-        if conv.teacher is None:
-            raise ConversionError(f"{src}: this {conv.source_format} checkpoint has no EMA teacher; drop --teacher")
-        save_export(out, conv.encoder_cfg, conv.teacher, frontend, meta={**meta, "kind": meta["kind"] + "-teacher"})
-        return f"EMA teacher of the {conv.source_format} checkpoint"
-    if conv.head is None:
-        save_export(out, conv.encoder_cfg, conv.encoder, frontend, meta=meta)
-        return f"encoder of the {conv.source_format} checkpoint"
-    if class_names is not None and len(class_names) != conv.num_classes:
-        raise ConversionError(f"{len(class_names)} class names given, the head has {conv.num_classes} classes")
-    head = {"num_classes": conv.num_classes, "prediction_mode": conv.prediction_mode, "head_norm_eps": conv.head_norm_eps}
-    if class_names is not None:
-        head["class_names"] = class_names
-    save_export(out, conv.encoder_cfg, conv.classifier_state_dict(), frontend, head=head, meta=meta)
-    return f"classifier ({conv.num_classes} classes) of the {conv.source_format} checkpoint"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tool, also when this file is loaded by path
+from export_encoder import ToolError, export_official, read_class_names  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,16 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out_dir", type=Path, help="export directory to write (an existing export is replaced)")
     ap.add_argument("--teacher", action="store_true", help="export the EMA teacher of a pretraining checkpoint")
     ap.add_argument("--frontend-preset", choices=("audioset", "esc50", "spc2"), help="normalisation and length")
-    ap.add_argument("--class-names", type=Path, help="text file with one class name per line (classifiers)")
+    ap.add_argument("--class-names", type=Path,
+                    help="class names for a classifier: text file (one per line) or class csv")
     args = ap.parse_args(argv)
     try:
-        names = None
-        if args.class_names is not None:
-            if not args.class_names.is_file():
-                raise ConversionError(f"{args.class_names}: no such file")
-            names = [s.strip() for s in args.class_names.read_text(encoding="utf-8").splitlines() if s.strip()]
-        what = convert(args.src, args.out_dir, args.teacher, args.frontend_preset, names)
-    except (ConversionError, ExportError, ConfigError) as e:
+        names = read_class_names(args.class_names) if args.class_names is not None else None
+        _, what = export_official(args.src, args.out_dir, args.teacher, args.frontend_preset, class_names=names)
+    except (ToolError, ExportError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote the {what} to {args.out_dir}")
 

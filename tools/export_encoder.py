@@ -57,7 +57,7 @@ def export_checkpoint(
     step_dir = _our_checkpoint(src)
     if step_dir is not None:
         return _export_ours(step_dir, out, teacher, preset, target_length, class_names)
-    return _export_official(src, out, teacher, preset, target_length, class_names)
+    return export_official(src, out, teacher, preset, target_length, class_names)
 
 
 # ---------------------------------------------------------------------------------------------- ours
@@ -212,9 +212,15 @@ def _step_of(step: Path) -> int | None:
 # ---------------------------------------------------------------------------------------------- official
 
 
-def _export_official(src: Path, out: Path, teacher: bool, preset: str | None, target_length: int | None,
-                     class_names: list[str] | None) -> tuple[Path, str]:
-    """Official checkpoints go through :func:`eat.model.convert.load_official` (weights-only loading)."""
+def export_official(src: Path, out: Path, teacher: bool = False, preset: str | None = None,
+                    target_length: int | None = None, class_names: list[str] | None = None) -> tuple[Path, str]:
+    """An official fairseq / Hugging Face checkpoint as an export directory (also ``tools/convert_official.py``).
+
+    Loaded with :func:`eat.model.convert.load_official` (weights only); a pretraining checkpoint gives its
+    student encoder (``teacher``: the EMA teacher), a fine-tuned one the classifier. The front-end is the
+    official AudioSet recipe at the model's training length unless ``preset`` / ``target_length`` say
+    otherwise. Returns the export path and a one-line description.
+    """
     from eat.model.convert import ConversionError, load_official
 
     try:
@@ -223,20 +229,23 @@ def _export_official(src: Path, out: Path, teacher: bool, preset: str | None, ta
         raise ToolError(str(e)) from None
     frontend = _frontend(None, preset, target_length, src, conv.encoder_cfg.target_length)
     meta = {"source": str(src.resolve()), "step": None, "kind": f"official-{conv.source_format}", "notes": conv.notes}
+    origin = f"the {conv.source_format} checkpoint {src}"
     if teacher:
         if conv.teacher is None:
             raise ToolError(f"{src}: this {conv.source_format} checkpoint has no EMA teacher (_ema); drop --teacher")
         path = save_export(out, conv.encoder_cfg, conv.teacher, frontend, meta={**meta, "kind": meta["kind"] + "-teacher"})
-        return path, f"official {conv.source_format} EMA teacher from {src}"
+        return path, f"EMA teacher of {origin}"
     if conv.head is None:
         path = save_export(out, conv.encoder_cfg, conv.encoder, frontend, meta=meta)
-        return path, f"official {conv.source_format} encoder (student) from {src}"
+        return path, f"encoder of {origin} (its student)"
+    if class_names is not None and len(class_names) != conv.num_classes:
+        raise ToolError(f"{len(class_names)} class names given, the head of {src} has {conv.num_classes} classes")
     head = {"num_classes": conv.num_classes, "prediction_mode": conv.prediction_mode or "cls",
             "head_norm_eps": conv.head_norm_eps or 1e-6}
     if class_names is not None:
         head["class_names"] = class_names
     path = save_export(out, conv.encoder_cfg, conv.classifier_state_dict(), frontend, head=head, meta=meta)
-    return path, f"official {conv.source_format} classifier ({conv.num_classes} classes) from {src}"
+    return path, f"classifier ({conv.num_classes} classes) of {origin}"
 
 
 # ---------------------------------------------------------------------------------------------- shared
