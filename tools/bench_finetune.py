@@ -20,8 +20,6 @@ import dataclasses
 import gc
 import sys
 import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,10 +34,11 @@ from eat.train.flops import classifier_flops_per_clip, grid
 from eat.train.layer_decay import finetune_param_groups
 from eat.train.metrics_log import peak_flops
 from eat.train.optim import OptimConfig
-from eat.train.trainer import SDPA_BACKENDS, TrainConfig, Trainer
+from eat.train.trainer import TrainConfig, Trainer
 from eat.utils.bench import (
     Clock,
     RepeatBatch,
+    add_step_options,
     bench_main,
     count_host_syncs,
     machine,
@@ -204,17 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="official: EAT's AudioSet spectrogram mixup + SpecAugment in the step")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every block (train.compile=true)")
-    p.add_argument("--sdpa-backend", choices=("auto", *SDPA_BACKENDS), default="auto",
-                   help="pin the attention kernel, train.sdpa_backend (default: PyTorch's choice)")
-    p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="train.cudnn_benchmark=true (cuDNN autotunes the convolutions for the fixed shapes)")
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: by GPU name)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write the results to this JSON file")
+    add_step_options(p)
     args = p.parse_args(argv)
     if args.batch < 2 or args.steps < 1 or args.warmup < 0 or args.classes < 1 or args.frames < 0:
         p.error("--batch must be >= 2 (mixup pairs clips), --steps and --classes >= 1, --warmup and --frames >= 0")
@@ -222,15 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-
-    def timed_run() -> dict[str, Any]:
-        return {**run(args), "bench_wall_s": time.perf_counter() - start}
-
-    bench_main(timed_run, report, args.json)
+    bench_main(parse_args(argv), run, report)
 
 
 if __name__ == "__main__":

@@ -54,10 +54,11 @@ from eat.train.dist import DistEnv
 from eat.train.flops import grid, pretrain_flops
 from eat.train.metrics_log import peak_flops
 from eat.train.optim import OptimConfig, param_groups
-from eat.train.trainer import SDPA_BACKENDS, TrainConfig, Trainer, check_sdpa_backend
+from eat.train.trainer import TrainConfig, Trainer, check_sdpa_backend
 from eat.utils.bench import (
     Clock,
     RepeatBatch,
+    add_step_options,
     bench_main,
     count_host_syncs,
     machine,
@@ -483,13 +484,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5; compile needs ~3)")
     p.add_argument("--split-steps", type=int, default=3, help="instrumented steps for the phase split (default 3)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every block (train.compile=true)")
-    p.add_argument("--sdpa-backend", choices=("auto", *SDPA_BACKENDS), default="auto",
-                   help="pin the attention kernel, train.sdpa_backend (default: PyTorch's choice)")
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
-                   help="autocast dtype (default bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="train.cudnn_benchmark=true (cuDNN autotunes the convolutions for the fixed shapes)")
     p.add_argument("--fbank-on-device", action="store_true",
                    help="feed waveforms and run the batched fbank on the device inside the step")
     p.add_argument("--loader", type=Path, metavar="MANIFEST",
@@ -498,12 +492,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loader-only", action="store_true", help="with --loader: measure the input pipeline only")
     p.add_argument("--loader-batches", type=int, default=20, help="batches per loader measurement (default 20)")
     p.add_argument("--reference", action="store_true", help="also time the official-style step, print the ratio")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--peak-tflops", type=float, default=0.0,
-                   help="device peak for MFU (default: by GPU name, 989 for H100/H200 bf16 dense; n/a on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write the results to this JSON file")
+    add_step_options(p)
     args = p.parse_args(argv)
     for key in ("batch", "steps", "split_steps", "loader_batches"):
         if getattr(args, key) < 1:
@@ -516,10 +505,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bench_main(lambda: run(args), report, args.json, (ConfigError, ManifestError))
+    bench_main(parse_args(argv), run, report, (ConfigError, ManifestError))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Used by ``tools/bench_frontend.py``, ``tools/bench_pretrain.py`` and ``tools/ben
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import resource
@@ -140,15 +141,40 @@ class RepeatBatch:
         pass
 
 
-def bench_main(run: Callable[[], dict[str, Any]], report: Callable[[dict[str, Any]], str], json_path: Path | None,
+def add_step_options(p: argparse.ArgumentParser) -> None:
+    """The options every training-step benchmark shares: kernels and precision (the ``train.*`` settings
+    of a run), device, threads, MFU peak, seed and the JSON output."""
+    from eat.train.trainer import SDPA_BACKENDS
+
+    p.add_argument("--compile", action="store_true", help="torch.compile every block (train.compile=true)")
+    p.add_argument("--sdpa-backend", choices=("auto", *SDPA_BACKENDS), default="auto",
+                   help="pin the attention kernel, train.sdpa_backend (default: PyTorch's choice)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="train.cudnn_benchmark=true (cuDNN autotunes the convolutions for the fixed shapes)")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
+                   help="autocast dtype (default bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="device peak for MFU (default: by GPU name, 989 for H100/H200 bf16 dense; n/a on CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the results to this JSON file")
+
+
+def bench_main(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict[str, Any]],
+               report: Callable[[dict[str, Any]], str],
                errors: tuple[type[Exception], ...] = (ConfigError,)) -> dict[str, Any]:
-    """Run a benchmark, print its report, write the results to ``json_path``; ``errors`` (the user's
-    mistakes) end the process with a one-line message."""
+    """Set ``--threads``, run the benchmark (its wall time is added as ``bench_wall_s``), print its report
+    and write the results to ``--json``; ``errors`` (the user's mistakes) end the process with one line."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
     try:
-        result = run()
+        result = run(args)
     except errors as e:
         sys.exit(f"error: {e}")
+    result["bench_wall_s"] = time.perf_counter() - start
     print(report(result))
-    if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
