@@ -18,7 +18,14 @@ from eat.config import ConfigError
 from eat.data.manifest import ManifestError
 from eat.model.classifier import Classifier, ClassifierConfig
 from eat.model.vit import EncoderConfig
-from eat.train.finetune import BatchPrep, FinetuneModel, LossSection, ModelSection, build_classifier
+from eat.train.finetune import (
+    BatchPrep,
+    FinetuneModel,
+    LossSection,
+    ModelSection,
+    batch_seed_of,
+    build_classifier,
+)
 from eat.train.finetune_data import DataSection, read_speech_commands, task_splits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +46,8 @@ def test_batch_prep_waveform_mixup_then_fbank():
     batch = {"wave": wave, "length": length, "target": torch.tensor([0, 1, 2, 0]), "index": torch.arange(4)}
     kwargs, counts = prep(batch, torch.device("cpu"))
     # same draw as the prep made: its generator, seeded identically
-    lam = beta(10.0, 1, torch.Generator().manual_seed(5 + 7919)).item()
+    seed = 5 + 7919 + batch_seed_of(batch["index"])
+    lam = beta(10.0, 1, torch.Generator().manual_seed(seed)).item()
     mixed = lam * wave + (1 - lam) * wave.flip(0)
     ref = waveform_to_input(mixed, frontend, torch.maximum(length, length.flip(0)))
     torch.testing.assert_close(kwargs["source"], ref)
@@ -50,7 +58,7 @@ def test_batch_prep_waveform_mixup_then_fbank():
 
 def test_batch_prep_keeps_indices_for_plain_ce():
     prep = BatchPrep(FrontendConfig(), AugmentConfig(), num_classes=3, soft_targets=False)
-    batch = {"source": torch.randn(2, 32, 128), "target": torch.tensor([2, 1])}
+    batch = {"source": torch.randn(2, 32, 128), "target": torch.tensor([2, 1]), "index": torch.tensor([4, 0])}
     kwargs, _ = prep(batch, torch.device("cpu"))
     assert torch.equal(kwargs["target"], torch.tensor([2, 1])) and torch.equal(kwargs["source"], batch["source"])
 
@@ -74,6 +82,26 @@ def test_finetune_model_augments_only_in_training():
     assert torch.equal(seen[-1], expected) and not torch.equal(expected, x)
     loss.backward()
     assert clf.head.weight.grad is not None
+
+
+def test_batch_augmentation_depends_on_data_position_not_on_history():
+    """A resumed run must augment its next batch exactly as an unbroken run does."""
+    torch.manual_seed(0)
+    clf = tiny_classifier()
+    aug = AugmentConfig(spec_mixup_prob=1.0, spec_mixup_alpha=0.8, freq_mask=20, time_mask=8)
+    seen = []
+    clf.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    x, y = torch.randn(4, 32, 128), torch.eye(3)[[0, 1, 2, 0]]
+    index, epoch = torch.tensor([5, 2, 7, 1]), torch.tensor([3, 3, 3, 3])
+    seed = batch_seed_of(index, epoch)
+    unbroken = FinetuneModel(clf, aug, LossSection(kind="ce"), multi_label=False, seed=1).train()
+    for other in range(3):  # an unbroken run has drawn for earlier batches
+        unbroken(x, y, batch_seed=batch_seed_of(torch.tensor([other]), torch.tensor([0])))
+    unbroken(x, y, batch_seed=seed)
+    resumed = FinetuneModel(clf, aug, LossSection(kind="ce"), multi_label=False, seed=1).train()
+    resumed(x, y, batch_seed=seed)
+    assert torch.equal(seen[3], seen[4])
+    assert seed != batch_seed_of(index, epoch + 1) and seed != batch_seed_of(index.flip(0), epoch)
 
 
 def test_build_classifier_from_preset_and_errors(tmp_path):

@@ -158,7 +158,7 @@ class PretrainDataset(Dataset):
 
 
 class LabelledDataset(Dataset):
-    """Labelled clips -> ``{"source" | ("wave", "length"), "target", "index"}``.
+    """Labelled clips -> ``{"source" | ("wave", "length"), "target", "index", "epoch"}``.
 
     ``target`` is a float multi-hot ``[num_classes]`` for multi-label tasks, else the class index (int).
     With ``train=True`` the front-end's crop mode applies and ``wave_transform(wave, generator)`` (e.g.
@@ -219,7 +219,7 @@ class LabelledDataset(Dataset):
             if self.frontend.remove_dc:
                 wave = remove_dc(wave)
             wave = self.wave_transform(wave, g)
-        item: dict[str, Any] = {"index": index, "target": self.target(index)}
+        item: dict[str, Any] = {"index": index, "epoch": epoch, "target": self.target(index)}
         if self.return_waveform:
             item["wave"], item["length"] = fixed_length_wave(wave, self.frontend, self.crop, g)
         else:

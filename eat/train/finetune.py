@@ -106,7 +106,8 @@ class FinetuneConfig:
     loss: LossSection = field(default_factory=LossSection)
     layer_decay: LayerDecaySection = field(default_factory=LayerDecaySection)
     optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=5e-5, min_lr=1e-6, warmup_steps=400, clip_grad=0.0)
+        default_factory=lambda: OptimConfig(lr=5e-5, min_lr=1e-6, warmup_steps=400, clip_grad=0.0,
+                                            min_lr_mode="absolute")
     )
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(out_dir="outputs/finetune", max_steps=4000, save_every=0, keep_last=1,
@@ -193,15 +194,23 @@ class FinetuneModel(torch.nn.Module):
         self.seed = seed
         self.generator: torch.Generator | None = None
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        """The augmentation generator, on the batch's device so masks and noise are drawn there."""
+    def _generator(self, device: torch.device, batch_seed: int | None) -> torch.Generator:
+        """The augmentation generator, on the batch's device so masks and noise are drawn there.
+
+        Reseeded from ``batch_seed`` (derived from the batch's clip indices by :class:`BatchPrep`) so the
+        draws depend on the data position only and a resumed run augments exactly as an unbroken one.
+        """
         if self.generator is None or self.generator.device != device:
             self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        if batch_seed is not None:
+            self.generator.manual_seed(self.seed * 1_000_003 + batch_seed)
         return self.generator
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, source: torch.Tensor, target: torch.Tensor,
+                batch_seed: int | None = None) -> dict[str, torch.Tensor]:
         if self.training:
-            source, target = augment_batch(source, target, self.augment, self._generator(source.device))
+            gen = self._generator(source.device, batch_seed)
+            source, target = augment_batch(source, target, self.augment, gen)
         logits = self.classifier(source)
         loss = classification_loss(logits, target, self.use_bce, self.loss_cfg.label_smoothing, self.loss_cfg.bce_norm)
         return {"loss": loss}
@@ -214,9 +223,12 @@ class BatchPrep:
                  seed: int = 0):
         self.frontend, self.augment = frontend, augment
         self.num_classes, self.soft_targets = num_classes, soft_targets
-        self.generator = torch.Generator().manual_seed(seed + 7919)
+        self.seed = seed
+        self.generator = torch.Generator()
 
     def __call__(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
+        batch_seed = batch_seed_of(batch["index"], batch.get("epoch"))
+        self.generator.manual_seed(self.seed + 7919 + batch_seed)
         target = batch["target"].to(device, non_blocking=True)
         if self.soft_targets and target.dim() == 1:
             target = F.one_hot(target, self.num_classes).float()
@@ -231,7 +243,18 @@ class BatchPrep:
             source = waveform_to_input(wave, self.frontend, length)
         else:
             source = batch["source"].to(device, non_blocking=True)
-        return {"source": source, "target": target}, {"clips": float(source.shape[0])}
+        return {"source": source, "target": target, "batch_seed": batch_seed}, {"clips": float(source.shape[0])}
+
+
+def batch_seed_of(index: torch.Tensor, epoch: torch.Tensor | None = None) -> int:
+    """A seed from a batch's clip indices and epochs (host tensors, no device sync): batch augmentation
+    then depends on the data position alone, which the checkpoint restores, not on how many steps a
+    generator has run, so a resumed run augments exactly like an unbroken one."""
+    key = index.to(torch.int64)
+    if epoch is not None:
+        key = key + epoch.to(torch.int64) * 1_000_000_007
+    weights = torch.arange(1, key.numel() + 1, dtype=torch.int64) * 2_654_435_761
+    return int((key * weights).remainder(2**31 - 1).sum().remainder(2**31 - 1))
 
 
 def _wave_transform(wave: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:

@@ -11,7 +11,8 @@ Two conventions, for an encoder of ``depth`` blocks and decay ``d``:
   ``freq_pos``, ``token_pos``, ``extra_tokens`` and ``pre_norm`` (the last has no BEiT counterpart;
   it normalises the embedded sequence, so it is grouped with the embeddings).
 
-The scale multiplies the scheduled LR (``set_lr``), including the schedule's floor.
+The scale multiplies the scheduled peak LR; whether it also scales the floor is ``OptimConfig.min_lr_mode``
+(``absolute``, the official fairseq behaviour, keeps the unscaled ``min_lr`` for every group).
 """
 
 from __future__ import annotations
