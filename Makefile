@@ -22,10 +22,10 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	$(PY) -m pip install --quiet -e '.[dev,demo,onnx]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install eat with its dev and demo extras
+install: $(STAMP)  ## create .venv and install eat with its dev, demo and onnx extras
 
 test: $(STAMP)  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q

@@ -227,8 +227,9 @@ class BatchPrep:
         self.generator = torch.Generator()
 
     def __call__(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
-        batch_seed = batch_seed_of(batch["index"], batch.get("epoch"))
-        self.generator.manual_seed(self.seed + 7919 + batch_seed)
+        batch_seed = batch_seed_of(batch["index"], batch.get("epoch")) if "index" in batch else None
+        if batch_seed is not None:  # batches from our loaders; otherwise the generator just runs on
+            self.generator.manual_seed(self.seed + 7919 + batch_seed)
         target = batch["target"].to(device, non_blocking=True)
         if self.soft_targets and target.dim() == 1:
             target = F.one_hot(target, self.num_classes).float()
