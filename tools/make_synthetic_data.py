@@ -1,19 +1,30 @@
 """Synthetic audio for demos and tests: an unlabelled corpus and an ESC-50-shaped labelled set.
 
-The sounds are structured (harmonic notes with a timbre, exponential chirps, enveloped band noise,
-click trains, amplitude and frequency modulation, rhythms, mixtures) over pink background noise, with a
-random gain per clip so loudness carries no information. Classes come in families whose members differ
-in *time structure or timbre*, not in average spectrum or level: an up-chirp and a down-chirp over the
-same band, click trains or amplitude modulation at different rates, the same note with different
-harmonic profiles, the same noise burst played forwards or backwards. The unlabelled corpus draws from
-the same generators, so pretraining on it helps the labelled task.
+The labelled task is built so that *temporal structure* decides the class, not the average spectrum
+or the loudness. Classes come in five families, and the four members of a family use the same sound
+material in the same band and differ only in how it is arranged in time:
 
-Class k belongs to family ``k % 8`` with variant ``k // 8``; the class definitions do not depend on the
-seed, which only picks the clip realisations (each clip has its own generator keyed by
-``(seed, set, clip)``, so any subset is reproducible on its own).
+* ``sweep``  - a harmonic tone gliding over the same two octaves: up, down, up-then-down, down-then-up;
+* ``melody`` - the same three notes (root, major third, fifth) in four different orders;
+* ``pulse``  - band-noise bursts with a decaying envelope: hit (sharp attack), swell (the hit reversed),
+  two half-length hits, two half-length swells (all four share the envelope's level distribution);
+* ``am``     - band noise whose loudness is modulated at 2, 3, 4.5 or 7 Hz;
+* ``rhythm`` - short pips on an 8-step grid in four patterns with the same number of hits.
+
+So per-band log-mel statistics (mean and std over time) can tell the family but hardly the member,
+while a model that sees local time-frequency shapes and their order can tell both. Class ``k`` is
+family ``k % 5``, member ``(k // 5) % 4``, register ``k // 20`` (each register moves the band or pitch,
+so larger class counts stay well defined); the first five classes are one per family and differ in
+spectrum too. Every clip varies: timbre, event length (+-10 %), gaps between events, tempo and pitch
+(a few %), a random level (loudness tells nothing), pink background noise at 10-30 dB SNR, and in half
+the labelled clips a quieter event of another family overlapping it. The unlabelled corpus mixes one
+or two sources from the first ``num_classes`` (default 40, two registers) definitions.
+
+The class definitions do not depend on the seed, which only picks the clip realisations (each clip has
+its own generator keyed by ``(seed, set, clip)``, so any subset is reproducible on its own).
 
     python tools/make_synthetic_data.py OUT [--what both|unlabelled|esc50] [--num-clips 200]
-        [--num-classes 10] [--clips-per-class 40] [--duration 10] [--labelled-duration 5] [--seed 0]
+        [--num-classes 20] [--clips-per-class 40] [--duration 10] [--labelled-duration 5] [--seed 0]
 """
 
 from __future__ import annotations
@@ -29,8 +40,14 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-FAMILIES = ("chirp", "clicks", "am", "harmonic", "vibrato", "burst", "rhythm", "mixture")
-TIMBRES = ("saw", "odd", "soft", "formant")
+FAMILIES = ("sweep", "melody", "pulse", "am", "rhythm")
+MEMBERS = {
+    "sweep": ("up", "down", "updown", "downup"),
+    "melody": ((0, 4, 7), (7, 4, 0), (0, 7, 4), (4, 0, 7)),  # semitones above the root, in playing order
+    "pulse": ("hit", "swell", "hits", "swells"),
+    "am": (2.0, 3.0, 4.5, 7.0),  # modulation rate in Hz
+    "rhythm": ("x.x.x.x.", "xx..xx..", "xxx..x..", "x..x.xx."),  # 4 hits on 8 steps each
+}
 TABLE = 2048  # wavetable length for harmonic tones
 _UNLABELLED, _LABELLED = 0, 1  # generator streams
 
@@ -45,38 +62,24 @@ class ClassSpec:
 
 
 def class_spec(k: int) -> ClassSpec:
-    """The definition of class ``k`` (independent of any seed)."""
-    family, v = FAMILIES[k % len(FAMILIES)], k // len(FAMILIES)
-    if family == "chirp":  # same band for an up/down pair; the band moves every second variant
-        lo = 300.0 * 1.5 ** (v // 2 % 6)
-        up = v % 2 == 0
-        p = {"lo": lo, "hi": lo * 5.0, "up": up}
-        return ClassSpec(f"chirp_{'up' if up else 'down'}_{lo:.0f}-{lo * 5:.0f}Hz", family, p)
-    if family == "clicks":
-        rate = 2.5 * 1.5 ** (v % 8)
-        return ClassSpec(f"clicks_{rate:.1f}Hz", family, {"rate": rate})
+    """The definition of class ``k`` (independent of any seed); see the module docstring."""
+    family = FAMILIES[k % len(FAMILIES)]
+    member, register = (k // len(FAMILIES)) % 4, k // (4 * len(FAMILIES))
+    which = MEMBERS[family][member]
+    if family == "sweep":
+        lo = 350.0 * 2 ** (1.3 * (register % 3))
+        return ClassSpec(f"sweep_{which}_{lo:.0f}Hz", family, {"lo": lo, "hi": 4 * lo, "shape": which})
+    if family == "melody":
+        f0 = 220.0 * 2 ** (7 * (register % 4) / 12)
+        return ClassSpec(f"melody_{'-'.join(map(str, which))}_{f0:.0f}Hz", family, {"f0": f0, "steps": which})
+    if family == "pulse":
+        lo = 1800.0 * 1.5 ** (register % 3)
+        return ClassSpec(f"pulse_{which}_{lo:.0f}Hz", family, {"lo": lo, "hi": 2.2 * lo, "shape": which})
     if family == "am":
-        rate = 2.0 * 1.6 ** (v % 8)
-        return ClassSpec(f"am_noise_{rate:.1f}Hz", family, {"rate": rate})
-    if family == "harmonic":  # four timbres at one pitch, then the next pitch
-        f0 = 196.0 * 2 ** ((v // 4 % 6) * 5 / 12)
-        timbre = TIMBRES[v % 4]
-        return ClassSpec(f"note_{timbre}_{f0:.0f}Hz", family, {"f0": f0, "timbre": timbre})
-    if family == "vibrato":
-        rate = (0.0, 3.0, 7.0, 12.0)[v % 4]
-        carrier = 440.0 * 2 ** ((v // 4 % 6) * 4 / 12)
-        return ClassSpec(f"vibrato_{rate:.0f}Hz_{carrier:.0f}Hz", family, {"rate": rate, "carrier": carrier})
-    if family == "burst":  # forwards/backwards pairs over the same band
-        lo = 500.0 * 1.6 ** (v // 2 % 6)
-        attack = v % 2 == 1
-        p = {"lo": lo, "hi": lo * 3.0, "reverse": attack}
-        return ClassSpec(f"burst_{'swell' if attack else 'hit'}_{lo:.0f}Hz", family, p)
-    if family == "rhythm":
-        pattern = np.random.default_rng([1234, v]).permutation(np.r_[np.ones(6), np.zeros(10)]).astype(bool)
-        pattern[0] = True
-        return ClassSpec(f"rhythm_{''.join('x' if b else '.' for b in pattern)}", family, {"pattern": pattern})
-    tone, clicks = class_spec(3 + 8 * (v % 12)), class_spec(1 + 8 * ((v // 2) % 8))
-    return ClassSpec(f"mix_{tone.name}+{clicks.name}", family, {"tone": tone, "clicks": clicks})
+        lo = 500.0 * 1.7 ** (register % 3)
+        return ClassSpec(f"am_{which:g}Hz_{lo:.0f}Hz", family, {"rate": which, "lo": lo, "hi": 2.5 * lo})
+    freq = 900.0 * 1.6 ** (register % 3)
+    return ClassSpec(f"rhythm_{which}_{freq:.0f}Hz", family, {"freq": freq, "pattern": which})
 
 
 # ---------------------------------------------------------------------------------------------- generators
@@ -100,19 +103,11 @@ def _pink_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     return x / (np.sqrt(np.mean(x**2)) + 1e-12)
 
 
-def _wavetable(timbre: str, f0: float, sr: int) -> np.ndarray:
-    """One period of a harmonic tone with the given amplitude profile (harmonics below 0.45 sr)."""
+def _wavetable(f0: float, sr: int, tilt: float) -> np.ndarray:
+    """One period of a harmonic tone, harmonic h at amplitude h^-tilt (harmonics below 0.45 sr of ``f0``)."""
     h = np.arange(1, max(2, int(0.45 * sr / f0)) + 1)
-    if timbre == "saw":
-        a = 1.0 / h
-    elif timbre == "odd":
-        a = np.where(h % 2 == 1, 1.0 / h, 0.0)
-    elif timbre == "soft":
-        a = 1.0 / h**2.5
-    else:  # formant: a resonance around 1.4 kHz
-        a = np.exp(-0.5 * ((h * f0 - 1400.0) / 300.0) ** 2) + 0.05 / h
     phase = 2 * np.pi * np.arange(TABLE)[:, None] / TABLE * h[None, :]
-    table = np.sin(phase) @ a
+    table = np.sin(phase) @ (1.0 / h**tilt)
     return table / np.abs(table).max()
 
 
@@ -122,24 +117,6 @@ def _play(table: np.ndarray, cycles: np.ndarray) -> np.ndarray:
     i = pos.astype(np.int64)
     frac = pos - i
     return table[i] * (1 - frac) + table[(i + 1) % TABLE] * frac
-
-
-def _place(n: int, template: np.ndarray, onsets: np.ndarray, amps: np.ndarray | None = None) -> np.ndarray:
-    """Sum copies of ``template`` starting at sample ``onsets`` (clipped at the clip end)."""
-    out = np.zeros(n)
-    for j, start in enumerate(onsets):
-        seg = template[: max(0, n - start)]
-        out[start : start + seg.size] += seg * (1.0 if amps is None else amps[j])
-    return out
-
-
-def _event_onsets(rng: np.random.Generator, n: int, sr: int, length: float, gap: tuple[float, float]) -> np.ndarray:
-    """Non-overlapping event starts: events of ``length`` s separated by uniform random gaps."""
-    starts, t = [], rng.uniform(0.0, 0.5)
-    while t < n / sr - 0.1:
-        starts.append(int(t * sr))
-        t += length + rng.uniform(*gap)
-    return np.asarray(starts, dtype=np.int64)
 
 
 def _ramp(m: int, sr: int, ms: float = 5.0) -> np.ndarray:
@@ -152,112 +129,118 @@ def _ramp(m: int, sr: int, ms: float = 5.0) -> np.ndarray:
     return env
 
 
-def _chirp(rng, n, sr, lo, hi, up):
-    lo, hi = lo * rng.uniform(0.97, 1.03), hi * rng.uniform(0.97, 1.03)
-    dur = 0.45
-    tau = np.arange(int(dur * sr)) / sr
-    k = hi / lo if up else lo / hi
-    f_start = lo if up else hi
-    cycles = f_start * dur / np.log(k) * (k ** (tau / dur) - 1.0)  # exponential sweep, integrated frequency
-    sweep = (np.sin(2 * np.pi * cycles) + 0.3 * np.sin(4 * np.pi * cycles)) * _ramp(tau.size, sr, 20)
-    onsets = _event_onsets(rng, n, sr, dur, (0.1, 0.6))
-    return _place(n, sweep, onsets, rng.uniform(0.7, 1.0, onsets.size))
+def _event_onsets(rng: np.random.Generator, n: int, sr: int, length: float, gap: tuple[float, float]) -> np.ndarray:
+    """Non-overlapping event starts: events of ``length`` s separated by uniform random gaps."""
+    starts, t = [], rng.uniform(0.0, 0.4)
+    while t < n / sr - 0.1:
+        starts.append(int(t * sr))
+        t += length + rng.uniform(*gap)
+    return np.asarray(starts, dtype=np.int64)
 
 
-def _click_train(rng, n, sr, rate):
-    rate *= rng.uniform(0.96, 1.04)
-    tau = np.arange(int(0.01 * sr)) / sr
-    click = np.exp(-tau / 0.002) * np.sin(2 * np.pi * 2500.0 * tau + 0.5)
-    period = sr / rate
-    count = int(n / period) + 1
-    onsets = (rng.uniform(0, period) + np.arange(count) * period + rng.normal(0, 0.01 * period, count)).astype(np.int64)
-    onsets = onsets[(onsets >= 0) & (onsets < n)]
-    return _place(n, click, onsets, rng.uniform(0.8, 1.0, onsets.size))
+def _place(n: int, template: np.ndarray, onsets: np.ndarray, amps: np.ndarray) -> np.ndarray:
+    """Sum copies of ``template`` scaled by ``amps`` starting at sample ``onsets`` (clipped at the end)."""
+    out = np.zeros(n)
+    for start, amp in zip(onsets, amps, strict=True):
+        seg = template[: max(0, n - start)]
+        out[start : start + seg.size] += seg * amp
+    return out
 
 
-def _am_noise(rng, n, sr, rate):
-    rate *= rng.uniform(0.96, 1.04)
-    t = np.arange(n) / sr
-    env = (0.5 + 0.5 * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))) ** 2
-    return _band_noise(rng, n, sr, 800.0, 2500.0) * env
+def _events(rng: np.random.Generator, n: int, sr: int, template: np.ndarray, gap: tuple[float, float]) -> np.ndarray:
+    onsets = _event_onsets(rng, n, sr, template.size / sr, gap)
+    return _place(n, template, onsets, rng.uniform(0.7, 1.0, onsets.size))
 
 
-def _notes(rng, n, sr, f0, timbre):
-    f0 *= rng.uniform(0.98, 1.02)
-    table = _wavetable(timbre, f0, sr)
-    t = np.arange(n) / sr
-    tone = _play(table, f0 * t + rng.uniform())
-    gate = np.zeros(n)
-    length = rng.uniform(0.3, 0.7)
-    for start in _event_onsets(rng, n, sr, length, (0.05, 0.4)):
-        m = min(int(length * sr), n - start)
-        decay = np.exp(-np.arange(m) / (0.5 * sr))
-        gate[start : start + m] = _ramp(m, sr, 15) * decay
-    return tone * gate
+def _sweep(rng, n, sr, lo, hi, shape):
+    """Glides of ~0.5 s between ``lo`` and ``hi`` (exponential in frequency) in the member's shape."""
+    m = int(0.5 * rng.uniform(0.9, 1.1) * sr)
+    u = np.arange(m) / m
+    pos = {"up": u, "down": 1 - u, "updown": 1 - np.abs(2 * u - 1), "downup": np.abs(2 * u - 1)}[shape]
+    scale = rng.uniform(0.97, 1.03)
+    cycles = np.cumsum(lo * scale * (hi / lo) ** pos) / sr
+    tone = _play(_wavetable(lo * scale, sr, rng.uniform(1.5, 3.0)), cycles) * _ramp(m, sr, 20)
+    return _events(rng, n, sr, tone, (0.1, 0.5))
 
 
-def _vibrato(rng, n, sr, rate, carrier):
-    carrier *= rng.uniform(0.98, 1.02)
-    t = np.arange(n) / sr
-    depth = 0.04 if rate > 0 else 0.0
-    freq = carrier * (1.0 + depth * np.sin(2 * np.pi * rate * rng.uniform(0.95, 1.05) * t + rng.uniform(0, 6.3)))
-    tone = _play(_wavetable("soft", carrier, sr), np.cumsum(freq) / sr)
-    gate = np.zeros(n)
-    for start in _event_onsets(rng, n, sr, 1.2, (0.1, 0.5)):
-        m = min(int(1.2 * sr), n - start)
-        gate[start : start + m] = _ramp(m, sr, 40)
-    return tone * gate
+def _melody(rng, n, sr, f0, steps):
+    """Three-note phrases (~0.16 s per note) in the member's order."""
+    f0 *= rng.uniform(0.97, 1.03)
+    m = int(0.16 * rng.uniform(0.9, 1.1) * sr)
+    table = _wavetable(f0, sr, rng.uniform(1.0, 2.0))
+    t = np.arange(m) / sr
+    phrase = np.concatenate([_play(table, f0 * 2 ** (s / 12) * t) * _ramp(m, sr, 8) for s in steps])
+    return _events(rng, n, sr, phrase, (0.1, 0.4))
 
 
-def _burst(rng, n, sr, lo, hi, reverse):
-    length = int(0.3 * sr)
-    tau = np.arange(length) / sr
-    env = np.exp(-tau / 0.06) * _ramp(length, sr, 2)
-    env = env[::-1] if reverse else env
-    onsets = _event_onsets(rng, n, sr, 0.3, (0.1, 0.7))
-    gate = _place(n, env, onsets, rng.uniform(0.7, 1.0, onsets.size))
+def _pulse(rng, n, sr, lo, hi, shape):
+    """Band-noise bursts of ~0.3 s: one decay (tau 60 ms) or two half-length ones (tau 30 ms), or reversed."""
+    m = int(0.3 * rng.uniform(0.9, 1.1) * sr)
+    if shape in ("hit", "swell"):
+        env = np.exp(-np.arange(m) / (0.06 * sr))
+    else:
+        half = np.exp(-np.arange(m // 2) / (0.03 * sr))
+        env = np.concatenate([half, half, np.zeros(m - 2 * half.size)])
+    if shape in ("swell", "swells"):
+        env = env[::-1]
+    gate = _events(rng, n, sr, env * _ramp(m, sr, 2), (0.1, 0.5))
     return _band_noise(rng, n, sr, lo, hi) * gate
 
 
-def _rhythm(rng, n, sr, pattern):
-    step = 0.125 * rng.uniform(0.97, 1.03)
+def _am(rng, n, sr, rate, lo, hi):
+    """Band noise under a raised-sine-squared loudness envelope at ``rate`` Hz (+-4 %)."""
+    t = np.arange(n) / sr
+    env = (0.5 + 0.5 * np.sin(2 * np.pi * rate * rng.uniform(0.96, 1.04) * t + rng.uniform(0, 2 * np.pi))) ** 2
+    return _band_noise(rng, n, sr, lo, hi) * env
+
+
+def _rhythm(rng, n, sr, freq, pattern):
+    """50 ms two-partial pips on a grid of ~110 ms steps following the 8-step ``pattern``."""
+    step = 0.11 * rng.uniform(0.93, 1.07)
+    hits = np.array([c == "x" for c in pattern])
     steps = np.arange(int(n / sr / step) + 1)
-    hits = steps[pattern[steps % pattern.size]]
-    onsets = ((hits * step + rng.uniform(0, 0.2)) * sr).astype(np.int64)
+    onsets = ((steps[hits[steps % hits.size]] * step + rng.uniform(0, 0.3)) * sr).astype(np.int64)
     onsets = onsets[onsets < n]
-    m = int(0.07 * sr)
-    pip = _play(_wavetable("saw", 660.0, sr), 660.0 * np.arange(m) / sr) * np.exp(-np.arange(m) / (0.02 * sr))
-    return _place(n, pip * _ramp(m, sr, 2), onsets, rng.uniform(0.8, 1.0, onsets.size))
+    m = int(0.05 * sr)
+    tau = np.arange(m) / sr
+    f = freq * rng.uniform(0.95, 1.05)
+    pip = (np.sin(2 * np.pi * f * tau) + 0.5 * np.sin(2 * np.pi * 2.7 * f * tau)) * np.exp(-tau / 0.012)
+    return _place(n, pip * _ramp(m, sr, 1), onsets, rng.uniform(0.8, 1.0, onsets.size))
 
 
-def _source(rng: np.random.Generator, spec: ClassSpec, n: int, sr: int) -> np.ndarray:
-    p = spec.params
-    if spec.family == "mixture":
-        a, b = _unit(_source(rng, p["tone"], n, sr)), _unit(_source(rng, p["clicks"], n, sr))
-        return a + rng.uniform(0.4, 1.0) * b
-    gen: Callable[..., np.ndarray] = {
-        "chirp": _chirp, "clicks": _click_train, "am": _am_noise, "harmonic": _notes,
-        "vibrato": _vibrato, "burst": _burst, "rhythm": _rhythm,
-    }[spec.family]
-    return gen(rng, n, sr, **p)
+_GENERATORS: dict[str, Callable[..., np.ndarray]] = {
+    "sweep": _sweep, "melody": _melody, "pulse": _pulse, "am": _am, "rhythm": _rhythm,
+}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / (np.sqrt(np.mean(x**2)) + 1e-12)
 
 
-def render_clip(rng: np.random.Generator, specs: list[ClassSpec], duration: float, sr: int) -> np.ndarray:
+def render_clip(rng: np.random.Generator, specs: list[ClassSpec], duration: float, sr: int,
+                rel_levels: list[float] | None = None) -> np.ndarray:
     """One clip: the sum of ``specs``' sources, pink background noise at 10-30 dB SNR, random level.
 
-    The level (RMS between -48 and -28 dBFS, lowered only where a peak would pass 0.99) is drawn per
-    clip, so loudness tells nothing about the class.
+    ``rel_levels`` scales each source after it is brought to unit RMS (default: U[0.6, 1] each). The
+    level (RMS between -48 and -28 dBFS, lowered only where a peak would pass 0.99) is drawn per clip,
+    so loudness tells nothing about the class.
     """
     n = int(round(duration * sr))
-    x = sum(_unit(_source(rng, s, n, sr)) * rng.uniform(0.6, 1.0) for s in specs)
+    levels = rel_levels if rel_levels is not None else [rng.uniform(0.6, 1.0) for _ in specs]
+    x = sum(_unit(_GENERATORS[s.family](rng, n, sr, **s.params)) * g for s, g in zip(specs, levels, strict=True))
     x = _unit(x) + _pink_noise(rng, n) * 10 ** (-rng.uniform(10, 30) / 20)
     x = _unit(x) * 10 ** (rng.uniform(-48, -28) / 20)
     peak = np.abs(x).max()
     return (x * min(1.0, 0.99 / peak) if peak > 0 else x).astype(np.float32)
+
+
+def render_labelled(rng: np.random.Generator, k: int, num_classes: int, duration: float, sr: int) -> np.ndarray:
+    """A clip of class ``k``; half the time with a quieter (-6 to -14 dB) source of another family on top."""
+    if rng.uniform() >= 0.5:
+        return render_clip(rng, [class_spec(k)], duration, sr, [1.0])
+    others = [j for j in range(max(num_classes, len(FAMILIES))) if j % len(FAMILIES) != k % len(FAMILIES)]
+    other = class_spec(int(rng.choice(others)))
+    return render_clip(rng, [class_spec(k), other], duration, sr, [1.0, 10 ** (-rng.uniform(6, 14) / 20)])
 
 
 # ---------------------------------------------------------------------------------------------- data sets
@@ -265,7 +248,7 @@ def render_clip(rng: np.random.Generator, specs: list[ClassSpec], duration: floa
 
 def make_unlabelled_corpus(
     out_dir: str | Path, num_clips: int = 200, duration: float = 10.0, seed: int = 0,
-    sample_rate: int = 16000, num_classes: int = 64, progress: bool = False,
+    sample_rate: int = 16000, num_classes: int = 40, progress: bool = False,
 ) -> Path:
     """Write ``out_dir/audio/NNNNNN.wav`` and the manifest ``out_dir/train.tsv``; return the manifest path.
 
@@ -287,7 +270,7 @@ def make_unlabelled_corpus(
 
 
 def make_esc50_like(
-    out_dir: str | Path, num_classes: int = 10, clips_per_class: int = 40, duration: float = 5.0,
+    out_dir: str | Path, num_classes: int = 20, clips_per_class: int = 40, duration: float = 5.0,
     seed: int = 0, sample_rate: int = 16000, progress: bool = False,
 ) -> Path:
     """Write an ESC-50-shaped set (``audio/{fold}-{id}-A-{target}.wav`` + ``meta/esc50.csv``); return its root.
@@ -306,8 +289,8 @@ def make_esc50_like(
         fold = j % 5 + 1
         rng = np.random.default_rng([seed, _LABELLED, k, j])
         name = f"{fold}-{clip_id}-A-{k}.wav"
-        soundfile.write(root / "audio" / name, render_clip(rng, [specs[k]], duration, sample_rate), sample_rate,
-                        subtype="PCM_16")
+        wave = render_labelled(rng, k, num_classes, duration, sample_rate)
+        soundfile.write(root / "audio" / name, wave, sample_rate, subtype="PCM_16")
         rows.append((name, fold, k, specs[k].name, k < 10, clip_id, "A"))
     rows.sort(key=lambda r: r[0])
     with open(root / "meta" / "esc50.csv", "w", newline="", encoding="utf-8") as f:
@@ -323,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--what", choices=("both", "unlabelled", "esc50"), default="both")
     ap.add_argument("--num-clips", type=int, default=200, help="unlabelled clips (default 200)")
     ap.add_argument("--duration", type=float, default=10.0, help="unlabelled clip length in seconds (default 10)")
-    ap.add_argument("--num-classes", type=int, default=10, help="labelled classes (default 10)")
+    ap.add_argument("--num-classes", type=int, default=20, help="labelled classes (default 20)")
     ap.add_argument("--clips-per-class", type=int, default=40, help="labelled clips per class (default 40)")
     ap.add_argument("--labelled-duration", type=float, default=5.0, help="labelled clip length in s (default 5)")
     ap.add_argument("--sample-rate", type=int, default=16000)
