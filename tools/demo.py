@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from eat.export import ExportError, load_encoder, read_export, save_export
 from eat.features import logmel_statistics, read_clips
 from eat.model.eat import EATConfig, EATModel
 from eat.model.masking import inverse_block_mask
+from eat.utils.bench import machine as machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "pretrain_as2m.py"
@@ -377,16 +377,9 @@ def table(summary: dict) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+    info = machine_info("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = f", {info['gpu']}" if "gpu" in info else ""
+    return f"{info['cpu']}, {os.cpu_count()} cores{gpu}; torch {info['torch']}, Python {info['python']}"
 
 
 def run(args: argparse.Namespace) -> dict:
