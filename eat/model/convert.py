@@ -453,6 +453,19 @@ def load_official(path: str | Path) -> Converted:
         raise ConversionError(f"{path}: {e}") from None
 
 
+def _load_failure_reason(error: Exception) -> str:
+    """The line of a ``torch.load`` error that says what is wrong with the file. For bytes that are not a
+    pickle at all torch prefixes the unpickler's reason with advice about ``weights_only``, which does not
+    apply to a corrupt file, so the reason is taken from after that preamble."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        if reason:
+            return f"corrupt or not a checkpoint: {reason}"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -463,7 +476,7 @@ def _torch_load(path: Path) -> Any:
         except Exception:
             pass
         if not unsafe:
-            raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+            raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({_load_failure_reason(e)})") from None
         raise ConversionError(
             f"{path}: refusing to unpickle {', '.join(unsafe)} (torch.load weights_only=True). If you trust "
             "this file, re-save it with plain contents, e.g. ck = torch.load(path, weights_only=False); "
