@@ -78,9 +78,7 @@ def inverse_block_mask(
     Every row has exactly ``T'*F' - int(T'*F' * (1 - mask_ratio))`` masked patches (EAT-base 64x8 grid:
     410 masked, 102 visible).
     """
-    device = _rng_device(generator, device)
-    visible = _block_pattern(batch, tuple(grid), 1 - mask_ratio, block, adjust, generator, device)
-    return ~visible
+    return ~block_mask(batch, grid, 1 - mask_ratio, block, adjust, generator, device)  # blocks = visible
 
 
 def block_mask(
