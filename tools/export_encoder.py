@@ -5,7 +5,7 @@
 
 CHECKPOINT is any of:
 
-* a pretraining run directory or one of its ``step_XXXXXX/`` checkpoints (the newest complete one is used
+* a pretraining run directory or one of its ``step_000123/``-style checkpoints (the newest complete one is used
   for a run directory): exports the student encoder, or the EMA teacher with ``--teacher``;
 * a fine-tuning run / checkpoint: exports the classifier (encoder + ``fc_norm`` + ``head``);
 * an official EAT checkpoint: a fairseq ``.pt`` (pretrained or fine-tuned) or a Hugging Face snapshot
