@@ -36,8 +36,8 @@ finally:
 def quick(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, str(DEMO), "--out", str(out), "--quick", "--seed", "0", "--device", "cpu"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, str(DEMO), "--out", str(out), "--quick", "--seed", "0", "--device", "cpu",
+                           "--set", "train.log_every=50"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, proc.stdout
 
@@ -69,7 +69,9 @@ def test_every_stage_ran_and_reported(quick):
     assert s["quick"] and s["seed"] == 0
     assert s["pretrain"]["steps"] == demo.QUICK.pretrain_steps and s["pretrain"]["processes"] == 2
     records = [json.loads(x) for x in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in records if r["kind"] == "train") == demo.QUICK.pretrain_steps
+    # --set reached the recipe: a train record every 50 updates instead of demo.yaml's 100
+    assert s["pretrain"]["overrides"] == ["train.log_every=50"]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(50, demo.QUICK.pretrain_steps + 1, 50))
     assert s["finetune"]["steps"] == demo.QUICK.finetune_steps
     assert sorted(s["finetune"]["folds"]) == [str(f) for f in demo.QUICK.finetune_folds]
     assert 0.0 <= s["finetune"]["mean"] <= 1.0
@@ -124,6 +126,9 @@ def test_refuses_a_foreign_folder_and_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         demo.main(["--out", str(tmp_path / "x"), "--steps", "0"])
     assert str(e.value.code) == "error: --steps must be positive, got 0"
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(tmp_path / "x"), "--set", "optim.lr"])
+    assert str(e.value.code) == "error: --set optim.lr: expected KEY=VALUE, e.g. --set optim.lr=3e-3"
     assert not (tmp_path / "x").exists()
 
 

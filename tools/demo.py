@@ -1,6 +1,7 @@
 """The whole toolkit end to end on synthetic audio, with the evidence that pretraining learns something.
 
     python tools/demo.py --out outputs/demo [--seed 0] [--quick] [--steps N] [--device auto|cpu|cuda]
+        [--set KEY=VALUE ...] [--pooling mean|cls]
 
 Stages (each prints its progress and time; ``make demo`` runs this):
 
@@ -13,12 +14,14 @@ Stages (each prints its progress and time; ``make demo`` runs this):
 4. **linear probes** - 5-fold cross-validation (train on 4 folds, test on the 5th, average) with
    ``eat.eval.probe`` on (a) the pretrained encoder, (b) the same encoder before pretraining and (c) pooled
    log-mel statistics (per-band mean and std over time); encoder features = the mean of the last block's
-   patch tokens;
+   patch tokens (``--pooling cls``: its CLS token);
 5. **fine-tuning** - ``recipes/finetune.py --task esc50 --init <export>`` on all 5 folds, short schedule;
 6. **report** - one table, ``OUT/summary.json`` and figures ``OUT/*.png`` (loss curves, a spectrogram with
    its inverse block masks, probe accuracies).
 
-``--quick`` runs a smaller version of the same comparison (the test suite uses it). Running again with
+``--quick`` runs a smaller version of the same comparison (the test suite uses it). ``--set`` passes
+overrides to the pretraining recipe, e.g. ``--steps 2400 --set optim.lr=5e-3`` (how the recipe was tuned:
+docs/benchmarks.md, "Demo"). Running again with
 the same ``--out`` replaces the previous demo's outputs; any other non-empty folder is refused.
 """
 
@@ -59,7 +62,7 @@ MARKER = ".eat-demo"  # marks a folder as this tool's output, so a rerun may rep
 OWNED = ("data", "pretrain", "encoder", "encoder_init", "finetune", "summary.json", "loss_curves.png",
          "masks.png", "probe.png")
 PROBE_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
-PROBE_LAYER, PROBE_POOLING = -1, "mean"  # mean of the last block's patch tokens (beat CLS, docs)
+PROBE_LAYER = -1  # the last block; pooled by --pooling (mean patch token by default: it beat CLS, docs)
 FEATURE_SETS = ("pretrained", "random", "logmel")
 LABELS = {"pretrained": "EAT pretrained", "random": "same net, random weights", "logmel": "log-mel mean+std"}
 
@@ -163,7 +166,7 @@ def make_data(out: Path, scale: Scale, seed: int) -> tuple[Path, Path]:
     return manifest, esc
 
 
-def pretrain(run_dir: Path, manifest: Path, steps: int, seed: int, device: str) -> dict:
+def pretrain(run_dir: Path, manifest: Path, steps: int, seed: int, device: str, overrides: list[str]) -> dict:
     """The recipe under torchrun (2 CPU ranks, or 1 process with twice the batch on a GPU)."""
     cfg = yaml.safe_load(CONFIG.read_text())
     gpu = device == "cuda"
@@ -176,12 +179,13 @@ def pretrain(run_dir: Path, manifest: Path, steps: int, seed: int, device: str) 
            f"model.ema_anneal_end_step={steps}"]
     if gpu:
         cmd.append(f"data.batch_size={2 * cfg['data']['batch_size']}")
+    cmd += overrides  # last, so that they win
     t0 = time.perf_counter()
     run_streamed("pretraining", cmd, child_env())
     seconds = time.perf_counter() - t0
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r.get("kind") == "train"]
-    return {"steps": steps, "seconds": seconds, "processes": nproc, "device": device,
+    return {"steps": steps, "seconds": seconds, "processes": nproc, "device": device, "overrides": overrides,
             "clips_per_update": nproc * cfg["data"]["batch_size"] * (2 if gpu else 1),
             "final_frame_loss": train[-1]["frame_loss"], "final_utterance_loss": train[-1]["utterance_loss"]}
 
@@ -211,14 +215,15 @@ def labelled_folds(esc_root: Path) -> tuple[list[Path], torch.Tensor, torch.Tens
     return paths, torch.tensor(labels), torch.tensor(folds)
 
 
-def embed_all(waves: list[torch.Tensor], encoder_dir: Path | None, device: str) -> torch.Tensor:
-    """Utterance embeddings of every clip: an export's mean patch token of the last block, or log-mel statistics."""
+def embed_all(waves: list[torch.Tensor], encoder_dir: Path | None, device: str, pooling: str) -> torch.Tensor:
+    """Utterance embeddings of every clip: an export's last block pooled by ``pooling`` (mean patch token or CLS),
+    or log-mel statistics."""
     if encoder_dir is None:
         from eat.audio.fbank import FrontendConfig
 
         return logmel_statistics(waves, FrontendConfig())
     extractor = load_encoder(encoder_dir, device)
-    feats = extractor.extract_features(waves, layers=PROBE_LAYER, utterance=PROBE_POOLING, batch_size=32)
+    feats = extractor.extract_features(waves, layers=PROBE_LAYER, utterance=pooling, batch_size=32)
     return feats.embeddings.float().cpu()
 
 
@@ -234,7 +239,7 @@ def cross_validate(x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor, device
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "folds": accs, "dim": int(x.shape[1])}
 
 
-def linear_probes(esc_root: Path, encoders: dict[str, Path | None], device: str) -> dict[str, dict]:
+def linear_probes(esc_root: Path, encoders: dict[str, Path | None], device: str, pooling: str) -> dict[str, dict]:
     paths, y, folds = labelled_folds(esc_root)
     waves = read_clips(paths, 16000)
     bad = [w for w in waves if isinstance(w, AudioError)]
@@ -243,7 +248,7 @@ def linear_probes(esc_root: Path, encoders: dict[str, Path | None], device: str)
     results = {}
     for name, encoder_dir in encoders.items():
         t0 = time.perf_counter()
-        x = embed_all(waves, encoder_dir, device)
+        x = embed_all(waves, encoder_dir, device, pooling)
         results[name] = cross_validate(x, y, folds, device)
         results[name]["seconds"] = time.perf_counter() - t0
         r = results[name]
@@ -404,15 +409,16 @@ def run(args: argparse.Namespace) -> dict:
     times["data"] = done(t0, f"{manifest} and {esc_root}")
 
     t0 = stage(f"2/6 pretraining: {scale.pretrain_steps} updates, recipes/configs/demo.yaml")
-    pre = pretrain(out / "pretrain", manifest, scale.pretrain_steps, args.seed, device)
+    pre = pretrain(out / "pretrain", manifest, scale.pretrain_steps, args.seed, device, args.overrides)
     times["pretrain"] = done(t0, f"frame loss {pre['final_frame_loss']:.3f}")
 
     t0 = stage("3/6 export: pretrained student and its initial (random) weights")
     encoder, init = export_both(out / "pretrain", out)
     times["export"] = done(t0, f"{encoder}, {init}")
 
-    t0 = stage("4/6 linear probes, 5-fold cross-validation (encoders: mean of the last block's patch tokens)")
-    probes = linear_probes(esc_root, {"pretrained": encoder, "random": init, "logmel": None}, device)
+    pooled = "mean of the last block's patch tokens" if args.pooling == "mean" else "CLS token of the last block"
+    t0 = stage(f"4/6 linear probes, 5-fold cross-validation (encoders: {pooled})")
+    probes = linear_probes(esc_root, {"pretrained": encoder, "random": init, "logmel": None}, device, args.pooling)
     times["probe"] = done(t0)
 
     t0 = stage(f"5/6 fine-tuning from the pretrained encoder: {len(scale.finetune_folds)} fold(s) x "
@@ -429,7 +435,7 @@ def run(args: argparse.Namespace) -> dict:
                  "classes": scale.classes, "clips_per_class": scale.clips_per_class, "labelled_s": scale.labelled_s,
                  "class_names": [class_spec(k).name for k in range(scale.classes)]},
         "pretrain": pre,
-        "probe": {"features": f"encoders: layer {PROBE_LAYER}, {PROBE_POOLING} pooling; logmel: per-band mean and std",
+        "probe": {"features": f"encoders: layer {PROBE_LAYER}, {args.pooling} pooling; logmel: per-band mean and std",
                   "protocol": "5-fold CV, eat.eval.probe (L-BFGS logistic regression, weight decay from "
                               f"{list(PROBE_WEIGHT_DECAYS)} on a 20 % validation split)", **probes},
         "finetune": ft,
@@ -457,7 +463,14 @@ def main(argv: list[str] | None = None) -> None:
                                               f"quick {QUICK.pretrain_steps})")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="auto: the GPU when there is one (default)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override of the pretraining recipe (recipes/configs/demo.yaml), repeatable")
+    ap.add_argument("--pooling", choices=("mean", "cls"), default="mean",
+                    help="encoder features for the probes: mean patch token (default) or CLS token")
     args = ap.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        sys.exit(f"error: --set {bad[0]}: expected KEY=VALUE, e.g. --set optim.lr=3e-3")
     if args.steps is not None and args.steps < 1:
         sys.exit(f"error: --steps must be positive, got {args.steps}")
     if args.device == "cuda" and not torch.cuda.is_available():
