@@ -1,9 +1,14 @@
 # Every target that runs code first makes sure .venv exists and holds the package (see `install`).
+# .venv is installed from requirements/dev.lock (exact versions, `make lock` writes it), so a fresh machine gets
+# what CI tested; `make test-latest` checks the package's own, wide ranges on the newest releases instead.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements/dev.lock
+LATEST_VENV ?= .venv-latest
+LOCK_VENV := .venv-lock
 
 TASK ?= esc50
 PRESET ?=
@@ -14,21 +19,38 @@ NPROC ?= 1
 CONFIG ?= recipes/configs/pretrain_as2m.yaml
 ARGS ?=
 
-.PHONY: help install test demo lint pretrain finetune bench clean
+.PHONY: help install lock test test-latest demo lint pretrain finetune bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,demo,onnx]'
+	$(PY) -m pip install --quiet -c $(LOCK) pip setuptools
+	$(PY) -m pip install --quiet --no-build-isolation -c $(LOCK) -e '.[dev,demo,onnx,parity]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install eat with its dev, demo and onnx extras
+install: $(STAMP)  ## create .venv: eat + dev, demo, onnx, parity extras at the versions in requirements/dev.lock
+
+lock:  ## re-resolve requirements/dev.in in a throwaway venv and write the exact versions to requirements/dev.lock
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip setuptools
+	$(LOCK_VENV)/bin/pip install --quiet -r requirements/dev.in
+	{ echo "# Exact versions of the development environment (.venv). Written by \`make lock\` from requirements/dev.in"; \
+	  echo "# with $$($(LOCK_VENV)/bin/python --version) on $$(uname -sm); used as pip constraints by \`make install\`."; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf $(LOCK_VENV)
+	@echo "wrote $(LOCK); run make test on a fresh clone before committing it"
 
 test: $(STAMP)  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
+
+test-latest:  ## the suite in a fresh .venv-latest on the newest releases the ranges allow (no lock, no torchaudio)
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade pip setuptools
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev,demo,onnx]'
+	@$(LATEST_VENV)/bin/python -c 'import numpy, scipy, torch; print(f"test-latest: torch {torch.__version__}, numpy {numpy.__version__}, scipy {scipy.__version__}")'
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)  ## synthetic data -> pretrain -> export -> probe -> fine-tune, with a summary
 	$(PY) tools/demo.py --out $(OUT)/demo $(ARGS)
@@ -47,4 +69,4 @@ bench: $(STAMP)  ## CPU/GPU benchmarks (front-end, pretraining step)
 	$(PY) tools/bench_pretrain.py --preset $(if $(PRESET),$(PRESET),tiny)
 
 clean:  ## remove generated outputs (keeps .venv)
-	rm -rf $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(OUT) .pytest_cache .ruff_cache $(LATEST_VENV) $(LOCK_VENV)
