@@ -26,7 +26,8 @@ import numpy as np
 import soundfile
 import torch
 
-from eat.audio.fbank import FrontendConfig, fbank, waveform_to_input
+from eat.audio.fbank import FrontendConfig, fbank
+from eat.data.batch import model_input
 from eat.utils.bench import machine
 
 KALDI_ARGS = dict(htk_compat=True, use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
@@ -83,9 +84,7 @@ def loader_pass(loader, cfg: FrontendConfig) -> int:
     """One epoch; batches of padded waveforms get the batched front-end here, as in the trainer."""
     seen = 0
     for batch in loader:
-        if "wave" in batch:
-            batch["source"] = waveform_to_input(batch["wave"], cfg, lengths=batch["length"])
-        seen += batch["source"].shape[0]
+        seen += model_input(batch, cfg, torch.device("cpu")).shape[0]
     return seen
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import importlib
 import statistics
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from eat.train.dist import DistEnv
 from eat.train.flops import grid, pretrain_flops
 from eat.train.metrics_log import peak_flops
 from eat.train.optim import OptimConfig, param_groups
+from eat.train.pretrain import PretrainBatchPrep
 from eat.train.trainer import TrainConfig, Trainer, check_sdpa_backend
 from eat.utils.bench import (
     Clock,
@@ -69,21 +69,7 @@ from eat.utils.bench import (
     timed_loop,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 # ------------------------------------------------------------------------------------------ the step
-
-
-def recipe_prepare(frontend: FrontendConfig) -> Callable:
-    """The pretraining recipe's own ``prepare``: (pinned) host tensors to the device without waiting, the
-    batched fbank on the device for waveform batches, the mask left on the host for the model to copy."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    try:
-        recipe = importlib.import_module("pretrain_as2m")
-    finally:
-        sys.path.pop(0)
-    return recipe.make_prepare(frontend)
 
 
 @dataclasses.dataclass
@@ -131,7 +117,7 @@ def build_step(args: argparse.Namespace, device: torch.device, data: Any, fronte
         return param_groups(m, optim_cfg.weight_decay, optim_cfg.decay_all, no_decay)
 
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
-    trainer = Trainer(model, data, train_cfg, optim_cfg, env, groups, prepare=recipe_prepare(frontend))
+    trainer = Trainer(model, data, train_cfg, optim_cfg, env, groups, prepare=PretrainBatchPrep(frontend))
     # fairseq's fp16 on CUDA (its dynamic loss scaling costs nothing measurable)
     return StepSetup(trainer, model, trainer.batches(), reference and device.type == "cuda", tmp)
 

@@ -12,8 +12,8 @@ other objects is refused with instructions (see ``eat/model/convert.py``).
 The front-end defaults to the official AudioSet recipe (normalisation -4.268 / 4.569) at the model's own
 training length; pass ``--frontend-preset esc50`` or ``spc2`` for models fine-tuned on those sets.
 Load the result with ``eat.load_encoder(OUT_DIR)`` / ``eat.load_classifier(OUT_DIR)``.
-``tools/export_encoder.py`` does the same for official checkpoints (one shared function) and also exports
-this toolkit's own runs.
+``tools/export_encoder.py`` does the same for official checkpoints (one shared function,
+``eat.export.export_official``) and also exports this toolkit's own runs.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from eat.export import ExportError
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tool, also when this file is loaded by path
-from export_encoder import ToolError, export_official, read_class_names  # noqa: E402
+from eat.export import ExportError, export_official, read_class_names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         names = read_class_names(args.class_names) if args.class_names is not None else None
         _, what = export_official(args.src, args.out_dir, args.teacher, args.frontend_preset, class_names=names)
-    except (ToolError, ExportError) as e:
+    except ExportError as e:
         sys.exit(f"error: {e}")
     print(f"wrote the {what} to {args.out_dir}")
 

@@ -13,43 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import soundfile
-from tqdm import tqdm
-
-from eat.data.manifest import write_manifest
-
-
-def probe(path: Path, verify: bool = False) -> int | str:
-    """The number of frames in ``path``, or a one-line reason why it cannot be used."""
-    try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        frames = soundfile.info(str(path)).frames
-        if verify:
-            frames = soundfile.read(str(path), dtype="float32", always_2d=True)[0].shape[0]
-    except Exception as e:  # libsndfile reports every decoding problem through a handful of types
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return f"unreadable ({text})"
-    return frames if frames > 0 else "no samples"
-
-
-def scan(audio_dir: Path, exts: list[str], workers: int = 8, verify: bool = False,
-         progress: bool = False) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """``(good entries, bad files)`` under ``audio_dir``: ``(relpath, frames)`` and ``(relpath, reason)``,
-    each sorted by path; ``exts`` are matched case-insensitively without the dot."""
-    wanted = {"." + e.lower().lstrip(".") for e in exts}
-    files = sorted(p for p in audio_dir.rglob("*") if p.suffix.lower() in wanted and p.is_file())
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(tqdm(pool.map(lambda p: probe(p, verify), files), total=len(files), desc="scanning",
-                            disable=not progress))
-    good, bad = [], []
-    for path, result in zip(files, results, strict=True):
-        rel = path.relative_to(audio_dir).as_posix()
-        (good if isinstance(result, int) else bad).append((rel, result))
-    return good, bad
+from eat.data.manifest import scan_audio, write_manifest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     if not exts:
         sys.exit("error: --ext names no extension")
     root = args.audio_dir.resolve()
-    good, bad = scan(root, exts, args.workers, args.verify, progress=True)
+    good, bad = scan_audio(root, exts, args.workers, args.verify, progress=True)
     if not good:
         found = f"none of the {len(bad)} {'/'.join(exts)} files is readable" if bad else f"no {'/'.join(exts)} files"
         sys.exit(f"error: {found} under {root}")

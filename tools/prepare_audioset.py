@@ -20,10 +20,8 @@ import csv
 import sys
 from pathlib import Path
 
-from make_manifest import scan
-
 from eat.data.loaders import class_balanced_weights
-from eat.data.manifest import LabelledItem, ManifestError, read_class_csv, write_manifest
+from eat.data.manifest import LabelledItem, ManifestError, read_class_csv, scan_audio, write_manifest
 
 YTID_LENGTH = 11
 
@@ -65,7 +63,7 @@ def prepare(segments_csv: Path, audio_dir: Path, out_prefix: Path, class_csv: Pa
     mid_to_index, _ = read_class_csv(class_csv)
     segments = read_segments(segments_csv, mid_to_index)
     root = audio_dir.resolve()
-    good, bad = scan(root, exts, workers, progress=True)
+    good, bad = scan_audio(root, exts, workers, progress=True)
     entries, lbl, items, seen = [], [], [], set()
     for rel, frames in good:
         ytid = clip_id(Path(rel).stem, segments)

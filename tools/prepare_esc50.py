@@ -16,10 +16,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from make_manifest import probe
 from tqdm import tqdm
 
-from eat.data.manifest import LabelSet, ManifestError, read_esc50, write_manifest
+from eat.data.manifest import LabelSet, ManifestError, probe_audio, read_esc50, write_manifest
 
 FOLDS = (1, 2, 3, 4, 5)
 
@@ -37,7 +36,7 @@ def prepare(root: Path, out: Path, audio_dir: str = "audio") -> dict[int, int]:
     everything = read_esc50(root, None, audio_dir)
     frames = {}
     for item in tqdm(everything.items, desc="checking clips", leave=False):
-        result = probe(item.path)
+        result = probe_audio(item.path)
         if isinstance(result, str):
             raise ManifestError(f"{item.path}: {result}")
         frames[item.path] = result

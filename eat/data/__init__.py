@@ -1,5 +1,6 @@
 """Data: clip manifests and labels, datasets with a bad-file policy, resumable samplers and loaders."""
 
+from eat.data.batch import Batch, model_input
 from eat.data.datasets import (
     LabelledDataset,
     MaskConfig,
@@ -34,6 +35,7 @@ from eat.data.manifest import (
 
 __all__ = [
     "BadDataError",
+    "Batch",
     "LabelSet",
     "LabelledDataset",
     "LabelledItem",
@@ -49,6 +51,7 @@ __all__ = [
     "class_balanced_weights",
     "collate",
     "fixed_length_wave",
+    "model_input",
     "read_ast_json",
     "read_class_csv",
     "read_eat_labels",

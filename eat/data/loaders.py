@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from eat.data.batch import Batch
 from eat.data.datasets import Skipped
 from eat.data.manifest import LabelledItem
 
@@ -150,8 +151,8 @@ def class_balanced_weights(items: Sequence[LabelledItem], num_classes: int, sche
     return torch.zeros(len(items), dtype=torch.float64).index_add_(0, owner, per_class[flat])
 
 
-def collate(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
-    """Batch dataset items: drop :class:`Skipped` ones and report them.
+def collate(items: list[dict[str, Any] | Skipped]) -> Batch:
+    """Batch dataset items into a :class:`~eat.data.batch.Batch`: drop :class:`Skipped` ones and report them.
 
     Tensors are stacked, except ``mask`` (``[clones, N]`` per clip), which is concatenated to
     ``[B * clones, N]`` in sample-major order (row ``b * clones + c``); ints become a tensor. The batch
@@ -160,7 +161,7 @@ def collate(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
     """
     good = [it for it in items if not isinstance(it, Skipped)]
     skipped = [it for it in items if isinstance(it, Skipped)]
-    batch: dict[str, Any] = {"num_drawn": len(items), "num_skipped": len(skipped), "skipped": skipped}
+    batch: Batch = {"num_drawn": len(items), "num_skipped": len(skipped), "skipped": skipped}
     if not good:
         batch["index"] = torch.zeros(0, dtype=torch.long)
         return batch
@@ -195,7 +196,7 @@ class SkippingLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         total = len(self.sampler)
         self.bad_this_epoch = 0
         for batch in self.loader:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import soundfile
+from tqdm import tqdm
 
 
 class ManifestError(ValueError):
@@ -296,3 +300,36 @@ def _read_csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
     """(line number, cells) for every csv row, line numbers counted from 1."""
     reader = csv.reader(_read_lines(path))
     return [(reader.line_num, row) for row in reader]
+
+
+# ---------------------------------------------------------------------------------------------- scanning
+
+
+def probe_audio(path: Path, verify: bool = False) -> int | str:
+    """The number of frames in ``path``, or a one-line reason why it cannot be used."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        frames = soundfile.info(str(path)).frames
+        if verify:
+            frames = soundfile.read(str(path), dtype="float32", always_2d=True)[0].shape[0]
+    except Exception as e:  # libsndfile reports every decoding problem through a handful of types
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"unreadable ({text})"
+    return frames if frames > 0 else "no samples"
+
+
+def scan_audio(audio_dir: Path, exts: list[str], workers: int = 8, verify: bool = False,
+               progress: bool = False) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """``(good entries, bad files)`` under ``audio_dir``: ``(relpath, frames)`` and ``(relpath, reason)``,
+    each sorted by path; ``exts`` are matched case-insensitively without the dot."""
+    wanted = {"." + e.lower().lstrip(".") for e in exts}
+    files = sorted(p for p in audio_dir.rglob("*") if p.suffix.lower() in wanted and p.is_file())
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(tqdm(pool.map(lambda p: probe_audio(p, verify), files), total=len(files), desc="scanning",
+                            disable=not progress))
+    good, bad = [], []
+    for path, result in zip(files, results, strict=True):
+        rel = path.relative_to(audio_dir).as_posix()
+        (good if isinstance(result, int) else bad).append((rel, result))
+    return good, bad

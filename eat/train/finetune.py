@@ -6,8 +6,8 @@ The pieces the generic :class:`~eat.train.trainer.Trainer` needs come from here:
   noise, in EAT's order, training mode only) + the task's loss; ``forward(source, target)`` returns
   ``{"loss": ...}``.
 * :class:`BatchPrep` - moves a batch to the device, turns class indices into one-hot rows when the loss
-  or mixup needs soft targets, and, when the loaders return waveforms, does waveform mixup and the fbank
-  on the device.
+  or mixup needs soft targets, and, when the loaders return waveforms, does waveform mixup before the
+  fbank on the device (:func:`eat.data.batch.model_input`, shared with pretraining and evaluation).
 * :class:`EvalTracker` - the per-epoch evaluation (accuracy, or mAP / mAUC / d-prime for multi-label
   tasks) with a progress bar; keeps the best model as an export directory (``<out>/best``).
 
@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from eat.audio.augment import AugmentConfig, augment_batch, augment_waveform, mixup
-from eat.audio.fbank import FrontendConfig, waveform_to_input
+from eat.audio.fbank import FrontendConfig
 from eat.config import ConfigError, to_dict
+from eat.data.batch import Batch, model_input
 from eat.data.datasets import LabelledDataset
 from eat.data.loaders import (
     ResumableDistributedSampler,
@@ -226,24 +227,22 @@ class BatchPrep:
         self.seed = seed
         self.generator = torch.Generator()
 
-    def __call__(self, batch: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
+    def __call__(self, batch: Batch, device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
         batch_seed = batch_seed_of(batch["index"], batch.get("epoch")) if "index" in batch else None
         if batch_seed is not None:  # batches from our loaders; otherwise the generator just runs on
             self.generator.manual_seed(self.seed + 7919 + batch_seed)
         target = batch["target"].to(device, non_blocking=True)
         if self.soft_targets and target.dim() == 1:
             target = F.one_hot(target, self.num_classes).float()
-        if "wave" in batch:
-            wave = batch["wave"].to(device, non_blocking=True)
-            length = batch["length"].to(device, non_blocking=True)
-            a = self.augment
-            if a.wave_mixup_prob > 0:
-                wave, target, _ = mixup(wave, target, a.wave_mixup_alpha, a.wave_mixup_prob, self.generator,
-                                        a.mixup_per_example, a.mixup_dominant)
-                length = torch.maximum(length, length.flip(0))
-            source = waveform_to_input(wave, self.frontend, length)
-        else:
-            source = batch["source"].to(device, non_blocking=True)
+        a = self.augment
+
+        def wave_mixup(wave: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal target
+            wave, target, _ = mixup(wave, target, a.wave_mixup_alpha, a.wave_mixup_prob, self.generator,
+                                    a.mixup_per_example, a.mixup_dominant)
+            return wave, torch.maximum(length, length.flip(0))
+
+        source = model_input(batch, self.frontend, device, wave_mixup if a.wave_mixup_prob > 0 else None)
         return {"source": source, "target": target, "batch_seed": batch_seed}, {"clips": float(source.shape[0])}
 
 
@@ -275,10 +274,7 @@ def predict(classifier: Classifier, loader: SkippingLoader, frontend: FrontendCo
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     indices, logits, targets = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not env.is_main, dynamic_ncols=True):
-        if "wave" in batch:
-            x = waveform_to_input(batch["wave"].to(device), frontend, batch["length"].to(device))
-        else:
-            x = batch["source"].to(device, non_blocking=True)
+        x = model_input(batch, frontend, device)
         with autocast:
             out = classifier(x)
         indices.append(batch["index"])
