@@ -16,7 +16,8 @@ INIT ?=
 ESC50_ROOT ?=
 OUT ?= outputs
 NPROC ?= 1
-CONFIG ?= recipes/configs/pretrain_as2m.yaml
+DATA ?=
+CONFIG ?= $(if $(DATA),recipes/configs/pretrain_own_data.yaml,recipes/configs/pretrain_as2m.yaml)
 ARGS ?=
 
 .PHONY: help install lock test test-latest demo lint pretrain finetune bench clean
@@ -58,8 +59,13 @@ demo: $(STAMP)  ## synthetic data -> pretrain -> export -> probe -> fine-tune, w
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
 
-pretrain: $(STAMP)  ## pretrain: make pretrain NPROC=4 CONFIG=... ARGS="key=value ..."
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) recipes/pretrain_as2m.py --config $(CONFIG) $(ARGS)
+PRETRAIN_ARGS = --config $(CONFIG) $(if $(DATA),--data-dir $(DATA)) $(if $(INIT),model.init=$(INIT)) $(ARGS)
+
+# With DATA the folder is prepared once in one process (manifest, normalisation statistics, clip length),
+# then every rank of the run reads the prepared files.
+pretrain: $(STAMP)  ## pretrain: make pretrain [DATA=/my/audio] [INIT=checkpoint] [NPROC=4] [CONFIG=...] [ARGS="key=value ..."]
+	$(if $(DATA),$(PY) recipes/pretrain_as2m.py $(PRETRAIN_ARGS) --prepare-only)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) recipes/pretrain_as2m.py $(PRETRAIN_ARGS)
 
 finetune: $(STAMP)  ## fine-tune: make finetune TASK=esc50 ESC50_ROOT=... INIT=<encoder dir> [PRESET=tiny] [ARGS=...]
 	$(PY) recipes/finetune.py --task $(TASK) $(if $(ESC50_ROOT),--esc50-root $(ESC50_ROOT)) $(if $(INIT),--init $(INIT)) $(if $(PRESET),--preset $(PRESET)) --out $(OUT)/finetune_$(TASK) $(ARGS)

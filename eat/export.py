@@ -323,9 +323,12 @@ def _export_pretrain(step: Path, out: Path, state: dict, cfg: dict, teacher: boo
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     frontend = _find_mapping(cfg, "frontend")
     if frontend is None and data.get("norm") in NORM_PRESETS:
-        frontend = to_dict(FrontendConfig.from_preset(data["norm"], target_length=enc_cfg.target_length,
-                                                      num_mel_bins=enc_cfg.num_mel_bins))
-        frontend["crop"] = data.get("crop", "head")
+        from eat.train.pretrain import DataConfig, frontend_for
+
+        try:  # the run's own front-end, incl. the statistics of its data (data.norm_mean / norm_std)
+            frontend = to_dict(frontend_for(from_dict(DataConfig, data, "data"), enc_cfg))
+        except ConfigError as e:
+            raise ExportError(f"{step}/config.yaml: {e}") from None
     elif frontend is None and preset is None:
         log.warning("note: %s names no front-end; using the AudioSet recipe (pass --frontend-preset to choose)", step)
     part = "teacher" if teacher else "student"

@@ -46,6 +46,7 @@ from eat.data import build_loader as build_data_loader
 from eat.data.batch import Batch, model_input
 from eat.data.loaders import SkippingLoader
 from eat.model.eat import EATConfig, EATModel, eat_config
+from eat.model.vit import EncoderConfig
 from eat.train.checkpoint import CheckpointError
 from eat.train.dist import DistEnv, init_distributed, shutdown
 from eat.train.flops import pretrain_flops_per_clip
@@ -144,10 +145,10 @@ def accumulation_aware(cfg: EATConfig, grad_accum: int) -> EATConfig:
     return cfg
 
 
-def frontend_for(data: DataConfig, model: EATConfig) -> FrontendConfig:
+def frontend_for(data: DataConfig, model: EATConfig | EncoderConfig) -> FrontendConfig:
     """The front-end of a run: ``data.norm``'s preset (or ``data.norm_mean`` / ``norm_std``) at the
-    encoder's ``target_length`` and mel bins."""
-    enc = model.encoder
+    encoder's ``target_length`` and mel bins (also what an export of the run records)."""
+    enc = model.encoder if isinstance(model, EATConfig) else model
     own = {}
     if (data.norm_mean is None) != (data.norm_std is None):
         raise ConfigError("data.norm_mean and data.norm_std: set both (your data's statistics) or neither")
