@@ -3,7 +3,6 @@ and the property that makes the GPU step sync-free: the model never reads a devi
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from eat.data.synthetic import make_unlabelled_corpus
 from eat.model.classifier import PatchoutConfig, classifier_config
 from eat.model.eat import EATModel, eat_config
 from eat.train.flops import classifier_flops_per_clip, pretrain_flops
@@ -63,7 +63,7 @@ def test_bench_pretrain_synthetic_with_reference(tmp_path):
 
 
 def test_bench_pretrain_from_a_manifest_with_fbank_on_the_device(tmp_path):
-    manifest = _tool("make_synthetic_data").make_unlabelled_corpus(tmp_path / "corpus", num_clips=4, duration=2.0, seed=0)
+    manifest = make_unlabelled_corpus(tmp_path / "corpus", num_clips=4, duration=2.0, seed=0)
     r = _bench("bench_pretrain.py", tmp_path, "--preset", "tiny", "--batch", "2", "--clones", "2", "--steps", "1",
                "--warmup", "1", "--split-steps", "1", "--device", "cpu", "--fbank-on-device",
                "--loader", str(manifest), "--workers", "0", "--loader-batches", "1")
@@ -92,25 +92,25 @@ def test_bench_finetune_tiny(tmp_path):
     assert r["patchout_speedup"] == pytest.approx(r["train_patchout"]["clips_per_s"] / r["train"]["clips_per_s"])
 
 
-def _tool(name: str):
-    sys.path.insert(0, str(ROOT / "tools"))  # the tools import their siblings as scripts do
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
-
-
 def test_user_errors_are_one_line(tmp_path):
+    """Four bad command lines, run as the user runs them (in parallel: each process mostly imports torch)."""
     missing = tmp_path / "no.tsv"
-    with pytest.raises(SystemExit, match=f"^error: manifest not found: {re.escape(str(missing))}$"):
-        _tool("bench_pretrain").main(["--preset", "tiny", "--device", "cpu", "--loader", str(missing)])
-    with pytest.raises(SystemExit, match=r"^error: train.sdpa_backend=cudnn needs a CUDA device"):
-        _tool("bench_finetune").main(["--preset", "tiny", "--device", "cpu", "--sdpa-backend", "cudnn"])
-    with pytest.raises(SystemExit) as exit_info:
-        _tool("bench_pretrain").main(["--preset", "tiny", "--loader-only"])
-    assert exit_info.value.code == 2  # argparse: --loader-only needs --loader
-    with pytest.raises(SystemExit, match=r"^error: --patchout '40': expected two integers"):
-        _tool("bench_finetune").main(["--preset", "tiny", "--device", "cpu", "--patchout", "40"])
+    cases = [
+        ("bench_pretrain.py", ["--loader", str(missing)], f"^error: manifest not found: {re.escape(str(missing))}$", 1),
+        ("bench_finetune.py", ["--sdpa-backend", "cudnn"], r"^error: train.sdpa_backend=cudnn needs a CUDA device", 1),
+        ("bench_pretrain.py", ["--loader-only"], r"--loader-only", 2),  # argparse: --loader-only needs --loader
+        ("bench_finetune.py", ["--patchout", "40"], r"^error: --patchout '40': expected two integers", 1),
+    ]
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "tools" / tool), "--preset", "tiny", "--device", "cpu",
+                               *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for tool, args, _, _ in cases]
+    for proc, (tool, _, pattern, code) in zip(procs, cases, strict=True):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == code, (tool, err[-2000:])
+        last = err.strip().splitlines()[-1]
+        assert re.search(pattern, last), (tool, err[-2000:])
+        if code == 1:
+            assert len(err.strip().splitlines()) == 1, err
 
 
 def test_step_never_reads_a_device_mask_on_the_host():

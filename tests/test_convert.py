@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from safetensors.torch import save_file
 from test_parity_official import official_checkpoint
 
 from eat import load_classifier, load_encoder
+from eat.export import ExportError, export_official, read_class_names
 from eat.model.classifier import Classifier, ClassifierConfig
 from eat.model.convert import (
     ConversionError,
@@ -167,46 +169,41 @@ def test_load_official_files(tmp_path):
         load_official(tmp_path / "missing.pt")
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("convert_official", ROOT / "tools" / "convert_official.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_convert_official_tool(tmp_path, capsys):
-    tool = _tool()
+def test_convert_official_tool(tmp_path):
+    """tools/convert_official.py is a thin command line over eat.export.export_official: the library calls
+    check what is written, one run of the tool checks its output and its one-line error."""
     pre, fine = tmp_path / "pt.pt", tmp_path / "ft.pt"
     torch.save(official_checkpoint("pretrain"), pre)
     torch.save(official_checkpoint("finetune"), fine)
     fx = torch.load(FIXTURES / "eat_tiny_parity.pt", weights_only=True)
     ft = torch.load(FIXTURES / "eat_tiny_finetune_parity.pt", weights_only=True)
 
-    tool.main([str(pre), str(tmp_path / "enc")])
-    assert "encoder of the fairseq-pretrain checkpoint" in capsys.readouterr().out
+    tool = [sys.executable, str(ROOT / "tools" / "convert_official.py")]
+    proc = subprocess.run([*tool, str(pre), str(tmp_path / "enc")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "encoder of the fairseq-pretrain checkpoint" in proc.stdout
     extractor = load_encoder(tmp_path / "enc")
     with torch.no_grad():
         features = extractor.encoder(fx["source"])
     assert (features - fx["features"]).abs().max() < 1e-5
     assert extractor.frontend.target_length == 256
 
-    tool.main([str(pre), str(tmp_path / "teacher"), "--teacher"])
+    export_official(pre, tmp_path / "teacher", teacher=True)
     teacher = load_encoder(tmp_path / "teacher").encoder.state_dict()
     assert torch.equal(teacher["blocks.0.norm1.weight"], fx["state_dict"]["_ema.blocks.0.norm1.weight"])
 
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"class {i}" for i in range(10)))
-    tool.main([str(fine), str(tmp_path / "clf"), "--class-names", str(names), "--frontend-preset", "esc50"])
+    export_official(fine, tmp_path / "clf", preset="esc50", class_names=read_class_names(names))
     clf = load_classifier(tmp_path / "clf")
     with torch.no_grad():
         logits = clf(ft["source"])
     assert (logits - ft["logits"]).abs().max() < 1e-6
     assert clf.class_names[3] == "class 3"
 
-    for argv, message in [
-        ([str(tmp_path / "nope.pt"), str(tmp_path / "x")], "no such file"),
-        ([str(fine), str(tmp_path / "y"), "--teacher"], "no EMA teacher"),
-    ]:
-        with pytest.raises(SystemExit) as exc:
-            tool.main(argv)
-        assert str(exc.value).startswith("error: ") and message in str(exc.value)
+    with pytest.raises(ExportError, match="no EMA teacher"):
+        export_official(fine, tmp_path / "y", teacher=True)
+    proc = subprocess.run([*tool, str(tmp_path / "nope.pt"), str(tmp_path / "x")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("error: ") and "no such file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,15 @@ from safetensors.torch import load_file, save_file
 import eat
 from eat.audio.fbank import FrontendConfig
 from eat.config import to_dict
-from eat.export import ExportError, load_classifier, load_encoder, read_export, save_export
+from eat.export import (
+    ExportError,
+    export_checkpoint,
+    load_classifier,
+    load_encoder,
+    read_class_names,
+    read_export,
+    save_export,
+)
 from eat.features import FeatureExtractor
 from eat.model.classifier import Classifier, ClassifierConfig
 from eat.model.eat import eat_config
@@ -169,22 +179,31 @@ def test_save_checks_before_writing_and_replaces_only_exports(tmp_path):
 # ---------------------------------------------------------------------------------------------- the CLI
 
 
-def export_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("export_encoder", ROOT / "tools" / "export_encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_tool(*args: str) -> str | None:
-    """Run tools/export_encoder.py in-process; returns the error message of a failed run, else None."""
+def run_tool(src: Path, out: Path, *flags: str | Path) -> str | None:
+    """tools/export_encoder.py's work through :func:`eat.export.export_checkpoint` (what the tool calls);
+    returns the tool's ``error: ...`` line for a failure, else None. The tool itself: test_tool_command_line."""
+    args = [str(f) for f in flags]
+    opt = lambda name: args[args.index(name) + 1] if name in args else None  # noqa: E731
     try:
-        export_tool().main([str(a) for a in args])
-    except SystemExit as e:
-        return str(e.code)
+        names = read_class_names(Path(opt("--class-names"))) if opt("--class-names") else None
+        export_checkpoint(src, out, "--teacher" in args, opt("--frontend-preset"), None, names)
+    except ExportError as e:
+        return f"error: {e}"
     return None
+
+
+def test_tool_command_line(tmp_path):
+    """The tool is a thin command line over eat.export: it exports, and a bad input is one line on stderr."""
+    enc = tiny_encoder()
+    official_fairseq_checkpoint(tmp_path / "eat_tiny.pt")
+    tool = [sys.executable, str(ROOT / "tools" / "export_encoder.py")]
+    ok = subprocess.run([*tool, str(tmp_path / "eat_tiny.pt"), str(tmp_path / "exp")], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0 and "exported encoder of the fairseq-pretrain checkpoint" in ok.stdout, ok.stderr
+    assert load_encoder(tmp_path / "exp").encoder.cfg.embed_dim == enc.cfg.embed_dim
+    bad = subprocess.run([*tool, str(tmp_path / "missing.pt"), str(tmp_path / "o")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip() == f"error: {tmp_path / 'missing.pt'}: no such file or directory"
 
 
 def official_fairseq_checkpoint(path: Path) -> dict:
