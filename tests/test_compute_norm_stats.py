@@ -1,8 +1,8 @@
-"""tools/compute_norm_stats.py: streaming statistics equal numpy over all frames; bad files are skipped."""
+"""Normalisation statistics (eat.data.norm_stats and its command line tools/compute_norm_stats.py): streaming
+statistics equal numpy over all frames; bad files are skipped."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,19 +13,17 @@ import pytest
 import soundfile
 import torch
 
-from eat.audio.fbank import fbank, pad_or_crop
-from eat.data.manifest import write_manifest
+from eat.audio.fbank import FrontendConfig, fbank, pad_or_crop
+from eat.data.manifest import read_manifest, write_manifest
+from eat.data.norm_stats import RunningStats, compute_stats
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "compute_norm_stats.py"
-spec = importlib.util.spec_from_file_location("compute_norm_stats", TOOL)
-cns = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cns)
 
 
 def test_running_stats_is_exact_for_offset_data():
     rng = np.random.default_rng(0)
     chunks = [rng.normal(1e4, 0.5, size=rng.integers(1, 5000)).astype(np.float32) for _ in range(50)]
-    stats = cns.RunningStats()
+    stats = RunningStats()
     for c in chunks:
         stats.update(torch.from_numpy(c))
     stats.update(torch.zeros(0))
@@ -58,22 +56,30 @@ def reference(waves, target_length):
     return values.mean(), values.std(), values.size
 
 
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("target_length", [120, 0])
-def test_cli_matches_numpy_over_all_frames(corpus, capsys, target_length):
+def test_statistics_match_numpy_over_all_frames(corpus, target_length):
     manifest, waves = corpus
-    cns.main([str(manifest), "--target-length", str(target_length), "--json", "--quiet"])
-    captured = capsys.readouterr()
-    out = json.loads(captured.out)
+    stats, skipped = compute_stats(read_manifest(manifest).paths(), FrontendConfig(), target_length, progress=False)
     mean, std, size = reference(waves, target_length)
+    assert stats.count == size and len(skipped) == 1 and "broken.wav" in skipped[0]
+    assert abs(stats.mean - mean) < 1e-9 and abs(stats.std - std) < 1e-9
+
+
+def test_cli_reports_the_statistics_and_takes_a_subset(corpus):
+    manifest, waves = corpus
+    run = _tool(str(manifest), "--target-length", "120", "--json", "--quiet")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    mean, std, size = reference(waves, 120)
     assert out["clips"] == 3 and out["skipped"] == 1 and out["values"] == size
     assert abs(out["mean"] - mean) < 1e-9 and abs(out["std"] - std) < 1e-9
-    assert "broken.wav" in captured.err
-
-
-def test_max_clips_takes_a_subset(corpus, capsys):
-    manifest, _ = corpus
-    cns.main([str(manifest), "--max-clips", "2", "--json", "--quiet", "--target-length", "0"])
-    out = json.loads(capsys.readouterr().out)
+    assert "broken.wav" in run.stderr
+    run = _tool(str(manifest), "--max-clips", "2", "--json", "--quiet", "--target-length", "0")
+    out = json.loads(run.stdout)
     assert out["clips"] + out["skipped"] == 2
 
 

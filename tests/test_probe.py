@@ -4,6 +4,7 @@ kNN matches a brute-force loop, the split is stratified, and the CLI runs end to
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from eat.data.synthetic import make_esc50_like
 from eat.eval.probe import fit_linear, knn_scores, probe, validation_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,36 +115,29 @@ def test_probe_rejects_bad_shapes():
         probe(torch.randn(10, 3), torch.zeros(10), torch.randn(4, 3), torch.zeros(4), task="regression")
 
 
-def probe_tool():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import linear_probe
-    finally:
-        sys.path.pop(0)
-    return linear_probe
+def run_probe_tool(*args: str) -> subprocess.CompletedProcess:
+    """tools/linear_probe.py as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "linear_probe.py"), *args], capture_output=True,
+                          text=True, timeout=300)
 
 
-def test_cli_features_mode_end_to_end(tmp_path, capsys):
+def test_cli_features_mode_end_to_end(tmp_path):
     x, y = _blobs(20, 3, 8, spread=1.0, seed=9)
     np.savez(tmp_path / "train.npz", x=x[::2].numpy(), y=y[::2].numpy())
     np.savez(tmp_path / "test.npz", x=x[1::2].numpy(), y=y[1::2].numpy())
     args = ["--train-features", str(tmp_path / "train.npz"), "--test-features", str(tmp_path / "test.npz"),
             "--knn", "3", "--json"]
-    probe_tool().main(args)
-    out = json.loads(capsys.readouterr().out)
+    res = run_probe_tool(*args)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
     assert out["score"] == 1.0 and out["num_train"] == 30 and out["knn"]["k"] == 3
-    with pytest.raises(SystemExit, match="^error: .*missing.npz") as err:
-        probe_tool().main(args[:1] + [str(tmp_path / "missing.npz")] + args[2:])
-    assert "\n" not in str(err.value.code)
+    res = run_probe_tool(*args[:1], str(tmp_path / "missing.npz"), *args[2:])
+    assert res.returncode != 0 and re.match(r"^error: .*missing.npz", res.stderr)
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
 def esc50_like(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from make_synthetic_data import make_esc50_like
-    finally:
-        sys.path.pop(0)
     return make_esc50_like(tmp_path_factory.mktemp("esc"), num_classes=4, clips_per_class=5, duration=1.0, seed=0)
 
 
@@ -169,19 +164,18 @@ def test_cli_encoder_on_synthetic_esc50_end_to_end(tmp_path, esc50_like):
     assert "skipped" in res.stderr and "1-100000-A-0.wav" in res.stderr
 
 
-def test_cli_logmel_baseline_with_csv_splits(tmp_path, esc50_like, capsys):
+def test_cli_logmel_baseline_with_csv_splits(tmp_path, esc50_like):
     import csv
 
-    linear_probe = probe_tool()
     rows = list(csv.DictReader(open(esc50_like / "meta" / "esc50.csv")))
     for name, keep in (("train", lambda f: f != 2), ("test", lambda f: f == 2)):
         lines = [f"{esc50_like / 'audio' / r['filename']},{r['category']}" for r in rows if keep(int(r["fold"]))]
         (tmp_path / f"{name}.csv").write_text("path,label\n" + "\n".join(lines) + "\n")
-    linear_probe.main(["--baseline", "logmel", "--train", str(tmp_path / "train.csv"),
-                       "--test", str(tmp_path / "test.csv")])
-    line = capsys.readouterr().out
-    assert line.startswith("accuracy ") and "16 train / 4 test clips, dim 256" in line
-    with pytest.raises(SystemExit, match="exactly one of"):
-        linear_probe.main(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv")])
-    with pytest.raises(SystemExit, match="class-csv"):
-        linear_probe.main(["--baseline", "logmel", "--train", str(tmp_path / "a.tsv"), "--test", str(tmp_path / "b.tsv")])
+    res = run_probe_tool("--baseline", "logmel", "--train", str(tmp_path / "train.csv"),
+                         "--test", str(tmp_path / "test.csv"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("accuracy ") and "16 train / 4 test clips, dim 256" in res.stdout
+    res = run_probe_tool("--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"))
+    assert res.returncode != 0 and "exactly one of" in res.stderr
+    res = run_probe_tool("--baseline", "logmel", "--train", str(tmp_path / "a.tsv"), "--test", str(tmp_path / "b.tsv"))
+    assert res.returncode != 0 and "class-csv" in res.stderr

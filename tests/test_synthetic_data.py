@@ -1,5 +1,4 @@
 import csv
-import importlib.util
 import re
 import subprocess
 import sys
@@ -10,12 +9,10 @@ import numpy as np
 import pytest
 import soundfile
 
+from eat.data import synthetic as syn
 from eat.data.manifest import read_esc50, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_synthetic_data", ROOT / "tools" / "make_synthetic_data.py")
-syn = sys.modules.setdefault("make_synthetic_data", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(syn)
 SR = 16000
 
 
