@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,15 +196,16 @@ def test_bad_arguments_raise_clear_errors():
 # ---------------------------------------------------------------------------------------------- tools/extract_features.py
 
 
-def extract_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "extract_features.py"
-    spec = importlib.util.spec_from_file_location("extract_features", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def extract_tool(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    """tools/extract_features.py as a user runs it; ``ok``: it must succeed, else fail with an ``error:`` line."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "extract_features.py"
+    proc = subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    else:
+        assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
+    return proc
 
 
 @pytest.fixture
@@ -229,10 +234,9 @@ def test_extract_features_tool_shards_index_and_resume(corpus):
     from safetensors.torch import load_file
 
     root, fx, clips = corpus
-    tool = extract_tool()
     args = ["--encoder", str(root / "enc"), "--manifest", str(root / "train.tsv"), "--out", str(root / "feats"),
             "--granularity", "frame", "--shard-size", "2", "--batch-size", "2", "--device", "cpu"]
-    tool.main(args)
+    extract_tool(*args)
     index = json.loads((root / "feats" / "index.json").read_text())
     assert index["num_embedded"] == 5 and index["num_bad"] == 2
     assert [b[0] for b in index["bad"]] == ["audio/bad.wav", "audio/tiny.wav"] and "one" in index["bad"][1][1]
@@ -248,26 +252,25 @@ def test_extract_features_tool_shards_index_and_resume(corpus):
     # resume: a missing shard is redone, finished ones are left alone
     stamp = (root / "feats" / "shard_00000.safetensors").stat().st_mtime_ns
     (root / "feats" / "shard_00001.json").unlink()
-    tool.main(args)
+    extract_tool(*args)
     assert (root / "feats" / "shard_00000.safetensors").stat().st_mtime_ns == stamp
     assert json.loads((root / "feats" / "index.json").read_text())["clips"] == index["clips"]
-    with pytest.raises(SystemExit, match="other settings"):
-        tool.main(args[:-4] + ["--granularity", "utterance", "--device", "cpu"])
+    assert "other settings" in extract_tool(*args[:-4], "--granularity", "utterance", "--device", "cpu",
+                                            ok=False).stderr
 
 
 def test_extract_features_tool_npy_utterance_layers(corpus):
     root, fx, clips = corpus
-    extract_tool().main(["--encoder", str(root / "enc"), "--manifest", str(root / "train.tsv"), "--out",
-                         str(root / "npy"), "--format", "npy", "--layers", "0", "-1", "--device", "cpu"])
+    extract_tool("--encoder", str(root / "enc"), "--manifest", str(root / "train.tsv"), "--out",
+                 str(root / "npy"), "--format", "npy", "--layers", "0", "-1", "--device", "cpu")
     index = json.loads((root / "npy" / "index.json").read_text())
     emb = np.load(root / "npy" / "shard_00000" / "embeddings.npy")
     assert emb.shape == (5, 2, 96)
     shard, row = index["clips"]["audio/3.wav"]
     ref = fx.extract_features([clips[3]], layers=[0, -1]).embeddings[0]
     np.testing.assert_allclose(emb[row], ref.numpy(), atol=1e-5)
-    with pytest.raises(SystemExit, match="missing.tsv"):
-        extract_tool().main(["--encoder", str(root / "enc"), "--manifest", str(root / "missing.tsv"),
-                             "--out", str(root / "x")])
+    assert "missing.tsv" in extract_tool("--encoder", str(root / "enc"), "--manifest", str(root / "missing.tsv"),
+                                         "--out", str(root / "x"), ok=False).stderr
 
 
 def test_outputs_can_train_a_downstream_head():

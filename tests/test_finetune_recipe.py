@@ -1,8 +1,9 @@
 """Acceptance test of ``recipes/finetune.py --task esc50``: 5-fold CV on a synthetic ESC-50-shaped set with
 the tiny EAT encoder (initialised from an exported encoder directory), plus the CLI's one-line errors."""
 
-import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from eat.audio.fbank import FrontendConfig
 from eat.audio.io import load_audio
 from eat.data.manifest import read_esc50
+from eat.data.synthetic import make_esc50_like
 from eat.export import load_classifier, save_export
 from eat.model.eat import eat_config
 from eat.model.vit import Encoder
@@ -19,15 +21,15 @@ from eat.model.vit import Encoder
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = sys.modules.setdefault(name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
+RECIPE = ROOT / "recipes" / "finetune.py"
 
 
-syn = _load("make_synthetic_data", ROOT / "tools" / "make_synthetic_data.py")
-recipe = _load("finetune_recipe", ROOT / "recipes" / "finetune.py")
+def _recipe(*argv: str) -> list[str]:
+    return [sys.executable, str(RECIPE), *argv]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 # Short schedule for a CPU: 1 s clips (96 frames -> 6 x 8 patches), 120 updates of 8 clips per fold, one
 # torch thread (train.cpu_threads): for a model this small more threads only contend, and on a busy 2-core
@@ -40,17 +42,9 @@ FAST = [
 ]
 
 
-@pytest.fixture
-def restore_threads():
-    """The recipe sets this process's torch thread count (train.cpu_threads); give the next test its own."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def esc_root(tmp_path_factory):
-    return syn.make_esc50_like(tmp_path_factory.mktemp("esc"), num_classes=4, clips_per_class=10, duration=1.0, seed=0)
+    return make_esc50_like(tmp_path_factory.mktemp("esc"), num_classes=4, clips_per_class=10, duration=1.0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +55,13 @@ def tiny_export(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_esc50_five_fold_cv(esc_root, tiny_export, tmp_path, capsys, restore_threads):
+def test_esc50_five_fold_cv(esc_root, tiny_export, tmp_path):
     out = tmp_path / "ft"
-    recipe.main(["--task", "esc50", "--esc50-root", str(esc_root), "--init", str(tiny_export), "--preset", "tiny",
-                 "--out", str(out), *FAST])
-    lines = capsys.readouterr().out.strip().splitlines()
+    proc = subprocess.run(_recipe("--task", "esc50", "--esc50-root", str(esc_root), "--init", str(tiny_export),
+                                  "--preset", "tiny", "--out", str(out), *FAST),
+                          capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith("mean accuracy over 5 folds")
     table = lines[lines.index("fold | acc (last) | acc (best) | best step"):]
     assert [row.split("|")[0].strip() for row in table[2:-3]] == ["1", "2", "3", "4", "5"]
@@ -76,7 +72,7 @@ def test_esc50_five_fold_cv(esc_root, tiny_export, tmp_path, capsys, restore_thr
     assert f"{summary['mean_acc_last']:.4f}" in lines[-1]
     assert summary["mean_acc_last"] >= 0.5  # chance is 0.25 (4 balanced classes)
     assert all(f["steps"] == 120 for f in summary["folds"].values())
-    assert torch.get_num_threads() == 1 and summary["config"]["train"]["cpu_threads"] == 1
+    assert summary["config"]["train"]["cpu_threads"] == 1
 
     # best/ is an export that reproduces its recorded accuracy on the held-out fold
     fold = summary["folds"]["1"]
@@ -91,17 +87,20 @@ def test_esc50_five_fold_cv(esc_root, tiny_export, tmp_path, capsys, restore_thr
 
 
 def test_errors_are_one_line(esc_root, tiny_export, tmp_path):
-    def error(*argv: str) -> str:
-        with pytest.raises(SystemExit) as e:
-            recipe.main(list(argv))
-        message = str(e.value.code)
-        assert message.startswith("error: ") and "\n" not in message
-        return message
-
+    """Six bad command lines, run as a user runs them (in parallel: each process mostly imports torch)."""
     base = ["--task", "esc50", "--esc50-root", str(esc_root), "--out", str(tmp_path / "x")]
-    assert "encoder.embed_dim" in error(*base, "--init", str(tiny_export), "--preset", "base")
-    assert "optim.lrr" in error(*base, "optim.lrr=1")
-    assert "esc50.csv" in error("--task", "esc50", "--esc50-root", str(tmp_path / "missing"))
-    assert "config.json" in error(*base, "--init", str(tmp_path))
-    assert "data.train" in error("--task", "generic", "--out", str(tmp_path / "g"))
-    assert "batch_size" in error(*base, "--preset", "tiny", "data.batch_size=64", "data.num_workers=0")
+    cases = [
+        ([*base, "--init", str(tiny_export), "--preset", "base"], "encoder.embed_dim"),
+        ([*base, "optim.lrr=1"], "optim.lrr"),
+        (["--task", "esc50", "--esc50-root", str(tmp_path / "missing")], "esc50.csv"),
+        ([*base, "--init", str(tmp_path)], "config.json"),
+        (["--task", "generic", "--out", str(tmp_path / "g")], "data.train"),
+        ([*base, "--preset", "tiny", "data.batch_size=64", "data.num_workers=0"], "batch_size"),
+    ]
+    procs = [subprocess.Popen(_recipe(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+             for argv, _ in cases]
+    for proc, (argv, expected) in zip(procs, cases, strict=True):
+        _, err = proc.communicate(timeout=300)
+        message = err.strip().splitlines()[-1] if err.strip() else ""
+        assert proc.returncode != 0 and message.startswith("error: ") and expected in message, (argv, err[-2000:])
+        assert "Traceback" not in err
