@@ -297,3 +297,14 @@ def test_data_dir_errors_are_one_line(tmp_path):
         pretrain.own_data_overrides(TINY, [f"train.out_dir={tmp_path}"], empty, progress=False)
     with pytest.raises(ConfigError, match="with several processes run the preparation once first"):
         pretrain.own_data_overrides(TINY, [f"train.out_dir={tmp_path}"], empty, world_size=2, progress=False)
+
+
+def test_continued_ema_default_and_overrides():
+    official = pretrain.resolve_model({"preset": "tiny"})
+    assert (official.ema_decay, official.ema_end_decay, official.ema_anneal_end_step) == (0.9998, 0.99999, 100000)
+    continued = pretrain.resolve_model({"preset": "tiny", "init": "weights.pt"})
+    assert (continued.ema_decay, continued.ema_end_decay, continued.ema_anneal_end_step) == (0.9999, 0.9999, 0)
+    mine = pretrain.resolve_model({"preset": "tiny", "init": "weights.pt", "ema_decay": 0.999, "ema_end_decay": 0.999})
+    assert (mine.ema_decay, mine.ema_end_decay) == (0.999, 0.999)
+    with pytest.raises(ConfigError, match="model.init: expected a path"):
+        pretrain.resolve_model({"preset": "tiny", "init": 3})
