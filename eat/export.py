@@ -246,7 +246,7 @@ def export_checkpoint(
     src, out = Path(src), Path(out)
     if not src.exists():
         raise ExportError(f"{src}: no such file or directory")
-    if src.is_dir() and (src / CONFIG_FILE).is_file() and _is_our_export(src / CONFIG_FILE):
+    if is_export_dir(src):
         raise ExportError(f"{src}: already an exported encoder; load it with eat.load_encoder")
     step_dir = find_checkpoint(src)
     if step_dir is not None:
@@ -465,9 +465,14 @@ def _frontend(data: dict | None, preset: str | None, target_length: int | None, 
         raise ExportError(f"{where}: {e}") from None
 
 
-def _is_our_export(path: Path) -> bool:
+def is_export_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory whose ``config.json`` says it is one of our exports (a Hugging Face
+    snapshot also has a ``config.json`` and a ``model.safetensors``)."""
+    cfg = Path(path) / CONFIG_FILE
+    if not cfg.is_file():
+        return False
     try:
-        return json.loads(path.read_text()).get("format") == FORMAT
+        return json.loads(cfg.read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -184,7 +184,7 @@ def load_init(path: str | Path) -> InitWeights:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from eat.export import CONFIG_FILE, ExportError, _is_our_export, find_checkpoint, read_export
+    from eat.export import ExportError, find_checkpoint, is_export_dir, read_export
     from eat.model.convert import ConversionError, load_official
     from eat.train.checkpoint import MODEL_FILE, CheckpointError
 
@@ -192,7 +192,7 @@ def load_init(path: str | Path) -> InitWeights:
     if not p.exists():
         raise ConfigError(f"model.init: {p}: no such file or directory")
     try:
-        if p.is_dir() and (p / CONFIG_FILE).is_file() and _is_our_export(p / CONFIG_FILE):
+        if is_export_dir(p):
             _, tensors = read_export(p)
             student = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
             return InitWeights(f"exported encoder {p}", student)
