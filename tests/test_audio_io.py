@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from torchaudio_ref import REF, SR, live_torchaudio, names
 
 from eat.audio.io import AudioError, load_audio, load_audio_with_rate, remove_dc, resample
-from torchaudio_ref import REF, SR, live_torchaudio, names
 
 
 def sine(freq: float, sr: int, n: int, phase: float = 0.3) -> np.ndarray:

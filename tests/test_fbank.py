@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from torchaudio_ref import EAT_KALDI, OPTION_CASES, REF, SR, live_torchaudio, names
 
 from eat.audio.fbank import (
     NORM_PRESETS,
@@ -26,7 +27,6 @@ from eat.audio.fbank import (
     waveform_to_input,
 )
 from eat.config import ConfigError, from_dict, to_dict
-from torchaudio_ref import EAT_KALDI, OPTION_CASES, REF, SR, live_torchaudio, names
 
 
 def kaldi_ref(wave: torch.Tensor, **kw) -> torch.Tensor:
