@@ -59,6 +59,7 @@ lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
 
 pretrain: $(STAMP)  ## pretrain: make pretrain NPROC=4 CONFIG=... ARGS="key=value ..."
+	@$(PY) recipes/pretrain_as2m.py --check --config $(CONFIG) $(ARGS) >/dev/null  # one-line error, no torchrun traceback
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) recipes/pretrain_as2m.py --config $(CONFIG) $(ARGS)
 
 finetune: $(STAMP)  ## fine-tune: make finetune TASK=esc50 ESC50_ROOT=... INIT=<encoder dir> [PRESET=tiny] [ARGS=...]

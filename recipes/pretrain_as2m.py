@@ -22,16 +22,16 @@ from typing import Any, Literal
 import torch
 
 from eat.audio.fbank import FrontendConfig, waveform_to_input
-from eat.audio.io import AudioError
+from eat.cli import cli_main
 from eat.config import ConfigError, from_dict, load_config, to_dict
-from eat.data import BadDataError, ManifestError, MaskConfig, PretrainDataset, ResumableDistributedSampler
+from eat.data import ManifestError, MaskConfig, PretrainDataset, ResumableDistributedSampler
 from eat.data import build_loader as build_data_loader
+from eat.data.loaders import check_loader_config
 from eat.model.eat import EATConfig, EATModel, eat_config
-from eat.train.checkpoint import CheckpointError
-from eat.train.dist import DistEnv, init_distributed, shutdown
+from eat.train.dist import DistEnv, init_distributed, install_preemption_handler, shutdown
 from eat.train.flops import pretrain_flops_per_clip
 from eat.train.optim import OptimConfig, param_groups
-from eat.train.trainer import PREEMPTED_EXIT, TrainConfig, Trainer
+from eat.train.trainer import PREEMPTED_EXIT, TrainConfig, Trainer, check_train_config
 
 
 @dataclass
@@ -191,19 +191,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--config", type=Path, help="YAML file (e.g. recipes/configs/pretrain_as2m.yaml)")
     ap.add_argument("--resume", metavar="PATH", help="continue from this run or step_* directory "
                     "(same as train.resume=PATH; default: train.resume=auto)")
+    ap.add_argument("--check", action="store_true", help="only validate the config and the manifest path, then "
+                    "exit (make pretrain runs this before torchrun)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return ap.parse_intermixed_args(argv)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+    preempt = install_preemption_handler()  # a SIGTERM from here on is remembered, not fatal
     try:
+        args = parse_args(argv)
+        overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
         cfg = load_config(PretrainConfig, args.config, overrides)
+        check_pretrain_config(cfg)
+        if args.check:
+            print(f"config ok: {args.config or '(defaults)'} with {len(overrides)} override(s)")
+            return
         status = run(cfg)
-    except (ConfigError, ManifestError, CheckpointError, BadDataError, AudioError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    finally:
+        preempt.uninstall()
     sys.exit(status)
+
+
+def check_pretrain_config(cfg: PretrainConfig) -> None:
+    """Every value a run would refuse later, refused now (before torchrun starts ranks)."""
+    resolve_model(cfg.model)
+    check_train_config(cfg.train)
+    check_loader_config(cfg.data.batch_size, cfg.data.num_workers, cfg.data.prefetch_factor,
+                        cfg.data.max_bad_fraction)
+    if not cfg.data.train_manifest:
+        raise ConfigError("data.train_manifest is not set (pass data.train_manifest=/path/to/train.tsv)")
+    if not Path(cfg.data.train_manifest).is_file():
+        raise ManifestError(f"training manifest not found: {cfg.data.train_manifest}")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda, but CUDA is not available here (use train.device=cpu or auto)")
 
 
 if __name__ == "__main__":
