@@ -27,6 +27,7 @@ import soundfile
 import torch
 
 from eat.audio.fbank import FrontendConfig, fbank, waveform_to_input
+from eat.cli import cli_main
 from eat.utils.bench import machine
 
 KALDI_ARGS = dict(htk_compat=True, use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
@@ -118,6 +119,7 @@ def bench_loader(
     return results
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=32, help="clips in the fbank batch (a)")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from eat.audio.fbank import FrontendConfig, fbank, pad_or_crop
 from eat.audio.io import AudioError, load_audio, remove_dc
+from eat.cli import cli_main
 from eat.config import ConfigError
 from eat.data.manifest import ManifestError, read_manifest
 
@@ -101,6 +102,7 @@ def compute_stats(
     return stats, skipped
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("manifest", type=Path, help="tsv manifest: root directory, then 'relpath<TAB>num_samples' lines")

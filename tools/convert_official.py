@@ -22,12 +22,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from eat.cli import cli_main
 from eat.export import ExportError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tool, also when this file is loaded by path
 from export_encoder import ToolError, export_official, read_class_names  # noqa: E402
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     doc_head, doc_rest = __doc__.split("\n\n", 1)
     ap = argparse.ArgumentParser(description=doc_head, epilog=doc_rest, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -45,6 +45,7 @@ from export_encoder import ToolError, export_checkpoint
 from make_synthetic_data import class_spec, make_esc50_like, make_unlabelled_corpus
 
 from eat.audio.io import AudioError
+from eat.cli import cli_main
 from eat.config import ConfigError, from_dict
 from eat.data.manifest import ManifestError, read_esc50, read_manifest
 from eat.eval.probe import probe
@@ -453,6 +454,7 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from eat.audio.fbank import NORM_PRESETS, FrontendConfig
+from eat.cli import cli_main
 from eat.config import ConfigError, from_dict, to_dict
 from eat.data.manifest import ManifestError, read_class_csv
 from eat.export import CONFIG_FILE as EXPORT_CONFIG
@@ -289,6 +290,7 @@ def read_class_names(path: Path) -> list[str]:
     return names
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

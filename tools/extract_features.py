@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from eat.audio.io import AudioError
+from eat.cli import cli_main
 from eat.data.manifest import ManifestError, read_manifest
 from eat.export import ExportError, load_encoder
 from eat.features import GRANULARITIES, FeatureExtractor, read_clips
@@ -194,6 +195,7 @@ def write_index(out_dir: Path, num_shards: int, settings: dict) -> dict:
     return index
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from eat.audio.fbank import FrontendConfig
 from eat.audio.io import AudioError
+from eat.cli import cli_main
 from eat.data.manifest import (
     LabelSet,
     ManifestError,
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> dict:
                      "pooling": args.pooling if extractor else None, "skipped": len(skipped)}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,36 +4,49 @@
 
 The first line is the absolute AUDIO_DIR, then one ``relative/path<TAB>num_samples`` line per readable
 file, sorted by path; ``num_samples`` is the file's frame count at its own sample rate. Headers are read
-in parallel threads (``soundfile.info``); ``--verify`` decodes every file completely, which also catches
-files whose header reads but whose data does not decode (e.g. a damaged flac). Unreadable or empty files are left out and
+in parallel threads; a WAV whose header promises more frames than the file holds (truncated) is refused;
+``--verify`` decodes every file completely, which also catches files whose header reads but whose data
+does not decode (e.g. a damaged flac) or holds NaN/inf samples. Files shorter than one 25 ms frame are
+refused too. Unreadable or empty files are left out and
 listed at the end as a warning; the exit status stays 0 so a few bad files do not stop a pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import soundfile
 from tqdm import tqdm
 
+from eat.audio.io import AudioError, audio_info, load_audio_with_rate
+from eat.cli import cli_main
 from eat.data.manifest import write_manifest
+
+MIN_SECONDS = 0.025  # one analysis frame of the EAT/AST front-end
 
 
 def probe(path: Path, verify: bool = False) -> int | str:
-    """The number of frames in ``path``, or a one-line reason why it cannot be used."""
+    """The number of frames in ``path``, or a one-line reason why it cannot be used.
+
+    The header alone (:func:`eat.audio.io.audio_info`) catches missing, empty, unreadable and truncated
+    WAV files; ``verify`` decodes everything (:func:`eat.audio.io.load_audio_with_rate`), which also
+    catches undecodable data and NaN/inf samples. Clips shorter than one 25 ms analysis frame are refused
+    either way: no front-end can make a frame of them."""
     try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        frames = soundfile.info(str(path)).frames
         if verify:
-            frames = soundfile.read(str(path), dtype="float32", always_2d=True)[0].shape[0]
-    except Exception as e:  # libsndfile reports every decoding problem through a handful of types
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return f"unreadable ({text})"
-    return frames if frames > 0 else "no samples"
+            wave, sr = load_audio_with_rate(path)
+            frames = wave.numel()
+        else:
+            frames, sr = audio_info(path)
+    except AudioError as e:
+        return e.reason
+    shortest = math.ceil(sr * MIN_SECONDS)
+    if frames < shortest:
+        return f"only {frames} sample(s), shorter than one {MIN_SECONDS * 1000:g} ms frame"
+    return frames
 
 
 def scan(audio_dir: Path, exts: list[str], workers: int = 8, verify: bool = False,
@@ -52,6 +65,7 @@ def scan(audio_dir: Path, exts: list[str], workers: int = 8, verify: bool = Fals
     return good, bad
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("audio_dir", type=Path, help="folder to scan (recursively)")

@@ -40,6 +40,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from eat.cli import cli_main
+
 FAMILIES = ("sweep", "melody", "pulse", "am", "rhythm")
 MEMBERS = {
     "sweep": ("up", "down", "updown", "downup"),
@@ -300,6 +302,7 @@ def make_esc50_like(
     return root
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="output folder (gets unlabelled/ and esc50/)")

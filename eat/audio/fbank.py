@@ -316,8 +316,10 @@ class FrontendConfig:
             )
         if self.crop not in ("head", "random"):
             raise ConfigError(f"crop: {self.crop!r} is not one of ['head', 'random']")
-        if self.norm_std <= 0:
-            raise ConfigError(f"norm_std: must be positive, got {self.norm_std!r}")
+        if not math.isfinite(self.norm_mean):
+            raise ConfigError(f"norm_mean: must be a finite number, got {self.norm_mean!r}")
+        if not math.isfinite(self.norm_std) or self.norm_std <= 0:
+            raise ConfigError(f"norm_std: must be a positive finite number, got {self.norm_std!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> FrontendConfig:
