@@ -28,7 +28,7 @@ RECIPE = ROOT / "recipes" / "pretrain_as2m.py"
 TINY = ROOT / "recipes" / "configs" / "tiny.yaml"
 PYTHON = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-STEPS = 60  # long enough that a signal lands mid-run, short enough to stay a few seconds (~50 ms a step)
+STEPS = 30  # long enough that a signal lands mid-run (~50-100 ms a step), short enough to stay cheap
 
 
 @pytest.fixture(scope="module")
