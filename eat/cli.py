@@ -14,15 +14,15 @@ signal after saving exits with status 75 (see :mod:`eat.train.preempt`).
 
 What counts as a user-facing error is the tuple :data:`USER_ERRORS`: the package's own error types (all
 raised with a message naming the file or key), ``ValueError`` (the library's argument checks), and
-``OSError`` (formatted as ``<file>: <strerror>``). ``UnicodeDecodeError`` is a ``ValueError``; readers of
-text files turn it into a message naming the file (see :func:`read_text`).
+``OSError`` (formatted as ``<file>: <strerror>``). ``UnicodeDecodeError`` is a ``ValueError``; the package's
+readers of text files (configs, manifests, label files) turn it into a message naming the file first.
+Ctrl-C ends with ``error: interrupted`` and status 130.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -78,37 +78,9 @@ def cli_main(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
-            sys.exit("error: interrupted")
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(130)
         except user_errors() as e:
             fail(format_error(e))
 
     return wrapper  # type: ignore[return-value]
-
-
-def read_text(path: str | os.PathLike, what: str = "") -> str:
-    """The UTF-8 text of ``path``; missing, unreadable or non-UTF-8 files raise :class:`UsageError`
-    naming the file (and ``what`` it should be)."""
-    label = f"{path}" + (f" ({what})" if what else "")
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{label}: file not found") from None
-    except IsADirectoryError:
-        raise UsageError(f"{label}: is a folder, not a file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{label}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise UsageError(f"{label}: cannot read ({e.strerror or e})") from None
-
-
-def output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
-    """Create the output folder ``path`` (and its parents); a file in the way raises :class:`UsageError`."""
-    p = Path(path)
-    for q in (p, *p.parents):
-        if q.exists() and not q.is_dir():
-            raise UsageError(f"{what} {p}: {q} is a file, not a folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{what} {p}: cannot create ({e.strerror or e})") from None
-    return p

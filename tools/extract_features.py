@@ -35,13 +35,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from eat.audio.io import AudioError
-from eat.cli import cli_main
+from eat.cli import UsageError, cli_main
 from eat.data.manifest import ManifestError, read_manifest
 from eat.export import ExportError, load_encoder
 from eat.features import GRANULARITIES, FeatureExtractor, read_clips
 
 
-class ToolError(Exception):
+class ToolError(UsageError):
     """A user-facing problem with this tool's inputs or output folder."""
 
 

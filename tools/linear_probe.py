@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from eat.audio.fbank import FrontendConfig
 from eat.audio.io import AudioError
-from eat.cli import cli_main
+from eat.cli import UsageError, cli_main
 from eat.data.manifest import (
     LabelSet,
     ManifestError,
@@ -43,7 +43,7 @@ from eat.export import ExportError, load_encoder
 from eat.features import FeatureExtractor, logmel_statistics, read_clips
 
 
-class ToolError(Exception):
+class ToolError(UsageError):
     """A user-facing problem with this tool's inputs."""
 
 
