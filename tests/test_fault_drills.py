@@ -126,7 +126,7 @@ def _no_leftovers(out: Path) -> None:
 @pytest.mark.slow
 def test_group_sigterm_with_loader_workers_one_process_resumes_bitwise(manifest, tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    reference = subprocess.Popen([PYTHON, *_args(ref, manifest)], stdout=subprocess.PIPE,
+    reference = subprocess.Popen([PYTHON, *_args(ref, manifest, "data.num_workers=0")], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=_env())
     proc = subprocess.Popen([PYTHON, *_args(cut, manifest)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=_env(), start_new_session=True)  # own process group, as under Slurm
@@ -153,7 +153,7 @@ def test_group_sigterm_with_loader_workers_one_process_resumes_bitwise(manifest,
 @pytest.mark.slow
 def test_group_sigterm_under_torchrun_two_ranks_resumes_bitwise(manifest, tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    reference = _two_ranks(ref, manifest, _free_port())
+    reference = _two_ranks(ref, manifest, _free_port(), "data.num_workers=0")  # batches do not depend on workers
     launcher = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node=2", *_args(cut, manifest)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
                                 start_new_session=True)
