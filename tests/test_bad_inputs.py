@@ -528,9 +528,12 @@ def test_compute_norm_stats_skips_and_counts(data, capsys):
     assert np.isfinite(result["mean"]) and np.isfinite(result["std"])
 
 
-@pytest.mark.parametrize("which, needles", [("all_bad_tsv", ("none of the 2 clips",)), ("utf8", ("not UTF-8",))])
-def test_compute_norm_stats_errors(data, capsys, which, needles):
-    code, _, err = run_main(TOOLS["compute_norm_stats"].main, [data[which], "--quiet"], capsys)
+@pytest.mark.parametrize("which, extra, needles", [
+    ("all_bad_tsv", [], ("none of the 2 clips",)), ("utf8", [], ("not UTF-8",)),
+    ("good_tsv", ["--workers", "-1"], ("--workers",)), ("good_tsv", ["--num-mel-bins", "0"], ("num_mel_bins",)),
+])
+def test_compute_norm_stats_errors(data, capsys, which, extra, needles):
+    code, _, err = run_main(TOOLS["compute_norm_stats"].main, [data[which], "--quiet", *extra], capsys)
     assert_error(code, err, str(data[which]) if which == "utf8" else "error:", *needles)
 
 

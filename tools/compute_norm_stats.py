@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.max_clips is not None and args.max_clips <= 0:
             raise ConfigError(f"--max-clips must be positive, got {args.max_clips}")
+        if args.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {args.workers}")
         if args.target_length is not None and args.target_length < 0:
             raise ConfigError(f"--target-length must be >= 0, got {args.target_length}")
         cfg = FrontendConfig.from_preset(args.preset, crop=args.crop, sample_rate=args.sample_rate,
