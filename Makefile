@@ -62,9 +62,11 @@ lint: $(STAMP)  ## ruff
 PRETRAIN_ARGS = --config $(CONFIG) $(if $(DATA),--data-dir $(DATA)) $(if $(INIT),model.init=$(INIT)) $(ARGS)
 
 # With DATA the folder is prepared once in one process (manifest, normalisation statistics, clip length),
-# then every rank of the run reads the prepared files.
+# then every rank of the run reads the prepared files. --check refuses a bad key or value in one line before
+# torchrun starts ranks (whose failure torchrun would report with a traceback of its own).
 pretrain: $(STAMP)  ## pretrain: make pretrain [DATA=/my/audio] [INIT=checkpoint] [NPROC=4] [CONFIG=...] [ARGS="key=value ..."]
 	$(if $(DATA),$(PY) recipes/pretrain_as2m.py $(PRETRAIN_ARGS) --prepare-only)
+	@$(PY) recipes/pretrain_as2m.py $(PRETRAIN_ARGS) --check >/dev/null
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) recipes/pretrain_as2m.py $(PRETRAIN_ARGS)
 
 finetune: $(STAMP)  ## fine-tune: make finetune TASK=esc50 ESC50_ROOT=... INIT=<encoder dir> [PRESET=tiny] [ARGS=...]

@@ -43,6 +43,7 @@ import torch
 import yaml
 
 from eat.audio.io import AudioError
+from eat.cli import cli_main
 from eat.config import ConfigError, from_dict
 from eat.data.manifest import ManifestError, read_esc50, read_manifest
 from eat.data.synthetic import class_spec, make_esc50_like, make_unlabelled_corpus
@@ -452,6 +453,7 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from eat.audio.fbank import FrontendConfig, normalize, num_frames, waveform_to_input
-from eat.audio.io import AudioError, load_audio, resample
+from eat.audio.io import AudioError, check_sample_rate, load_audio, resample, validate_audio
 from eat.model.vit import Encoder
 
 GRANULARITIES = ("utterance", "frame", "patch")
@@ -47,7 +47,7 @@ class Features:
     ``embeddings``: utterance ``(B, D)``, frame ``(B, T', D)`` or patch ``(B, T'*F', D)``; when ``layers``
     was a list there is a layer axis after the batch axis (``(B, L, ...)``). ``mask`` (frame/patch):
     ``(B, T')`` / ``(B, T'*F')``, True = padding (the clip is shorter than the longest in the batch).
-    ``timestamps`` (frame/patch): centre time in seconds of each row's time column, ``(B, T')`` /
+    ``timestamps`` (frame/patch): centre time in seconds (float64) of each row's time column, ``(B, T')`` /
     ``(B, T'*F')``. ``patch_index`` (patch): ``(T'*F', 2)`` long, the (t, f) grid position of each row.
     ``num_columns``: valid time columns per clip ``(B,)``.
     """
@@ -112,12 +112,15 @@ class FeatureExtractor(nn.Module):
         return self.encoder.grid(self.frontend.target_length)[0]
 
     def column_times(self, count: int, device: torch.device | str = "cpu") -> Tensor:
-        """Centre (seconds) of time columns ``0..count-1``: the middle of the samples their frames span."""
+        """Centre (seconds, float64) of time columns ``0..count-1``: the middle of the samples their frames
+        span. Computed from integer sample positions and divided once, so the spacing is exact to float64
+        rounding on any clip length (float32 seconds drift by ~0.1 ms after an hour)."""
         p, st = self.encoder.cfg.patch_size, self.encoder.cfg.patch_stride[0]
-        shift, length = self.frontend.frame_shift_ms / 1000.0, self.frontend.frame_length_ms / 1000.0
-        start = torch.arange(count, device=device, dtype=torch.float64) * st * shift
-        end = start + (p - 1) * shift + length
-        return ((start + end) / 2).float()
+        cfg = self.frontend
+        hop = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)  # the fbank's own frame sizes in samples
+        win = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
+        twice_centre = 2 * st * hop * torch.arange(count, device=device, dtype=torch.int64) + (p - 1) * hop + win
+        return twice_centre.to(torch.float64) / (2 * cfg.sample_rate)
 
     def frames_for_columns(self, cols: Tensor | int) -> Tensor | int:
         """Frames a run of ``cols`` columns spans: ``(cols - 1) * stride + patch``."""
@@ -160,7 +163,7 @@ class FeatureExtractor(nn.Module):
         """
         waves, lengths = _as_wave_batch(audio, lengths)
         device = self.device
-        sr = sample_rate or self.sample_rate
+        sr = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
         if sr != self.sample_rate:
             # Resampling the padded batch at once equals resampling each clip: both see zeros past the end.
             waves = resample(waves, sr, self.sample_rate)
@@ -179,11 +182,11 @@ class FeatureExtractor(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Normalised fbank input(s) -> padded ``(B, T, F)`` batch and valid frames ``(B,)``."""
         if isinstance(x, (list, tuple)):
-            items = [torch.as_tensor(np.asarray(i) if not isinstance(i, Tensor) else i).float() for i in x]
+            items = [validate_audio(i, f"fbank input {k}") for k, i in enumerate(x)]
             items = [i.reshape(i.shape[-2], i.shape[-1]) for i in items]
             lengths = torch.tensor([i.shape[0] for i in items])
             x = torch.nn.utils.rnn.pad_sequence(items, batch_first=True)
-        x = torch.as_tensor(x).float()
+        x = validate_audio(x, "fbank input")
         if x.dim() == 4 and x.shape[1] == 1:
             x = x[:, 0]
         if x.dim() == 2:
@@ -370,11 +373,13 @@ def _looks_like_fbank(audio: Tensor | np.ndarray | Sequence) -> bool:
 def _as_wave_batch(audio: Tensor | np.ndarray | Sequence, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
     """A padded float32 ``(B, S)`` batch and its lengths from any accepted waveform input."""
     if isinstance(audio, (list, tuple)):
-        clips = [torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a).float().reshape(-1) for a in audio]
-        if not clips:
-            raise ValueError("no audio given")
+        if not audio:
+            raise ValueError("audio: no clips given")
+        if all(isinstance(a, (int, float)) for a in audio):  # a plain list of samples is one clip
+            audio = [audio]
+        clips = [validate_audio(a, f"audio clip {i}").reshape(-1) for i, a in enumerate(audio)]
         return _pad_stack(clips)
-    waves = torch.as_tensor(audio).float()
+    waves = validate_audio(audio)
     if waves.dim() == 1:
         waves = waves[None]
     if waves.dim() != 2:
@@ -398,8 +403,8 @@ def logmel_statistics(clips: Sequence[Tensor], frontend: FrontendConfig) -> Tens
     """A no-network baseline embedding: per-mel-bin mean and std over time of each clip's normalised
     fbank, ``(N, 2 * num_mel_bins)``. ``clips`` are 1-D waveforms at ``frontend.sample_rate``."""
     out = []
-    for wave in clips:
-        wave = torch.as_tensor(wave).float().reshape(-1)
+    for i, wave in enumerate(clips):
+        wave = validate_audio(wave, f"clip {i}").reshape(-1)
         frames = int(num_frames(wave.shape[0], frontend.sample_rate, frontend.frame_length_ms, frontend.frame_shift_ms))
         if frames <= 0:
             raise ValueError(f"a clip has {wave.shape[0]} samples, fewer than one {frontend.frame_length_ms} ms frame")

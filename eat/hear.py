@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from eat.audio.io import validate_audio
 from eat.export import load_encoder
 from eat.features import FeatureExtractor
 
@@ -35,6 +37,9 @@ class HearModel(nn.Module):
         self.extractor = extractor
         self.utterance = utterance
         self.layers = [layers] if isinstance(layers, int) else list(layers)
+        extractor.layer_indices(self.layers)  # a bad layer index fails at load time, naming the layer
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.sample_rate: int = extractor.sample_rate
         self.scene_embedding_size: int = extractor.embed_dim * len(self.layers)
@@ -67,13 +72,20 @@ def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
 
 def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:
     """``(n_sounds, n_samples)`` audio -> float32 embeddings ``(n_sounds, n_times, D)`` and their centre
-    times in milliseconds ``(n_sounds, n_times)``; all sounds share one length, so there is no padding."""
+    times in milliseconds ``(n_sounds, n_times)``; all sounds share one length, so there is no padding.
+
+    The times are float64: float32 milliseconds cannot keep the validator's regularity rule (every step
+    within 1e-3 ms of the mean) past about 2 minutes of audio, float64 keeps it to 1e-6 ms on hours."""
     emb, feats = model.embed(audio, "frame")
-    return emb, (feats.timestamps * 1000.0).float()
+    return emb, feats.timestamps * 1000.0
 
 
 def _check_audio(audio: Tensor) -> Tensor:
-    audio = torch.as_tensor(audio)
-    if audio.dim() != 2:
-        raise ValueError(f"HEAR audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
-    return audio.float()
+    """The one audio check (:func:`eat.audio.io.validate_audio`: numpy or torch, integer PCM scaled,
+    NaN/inf refused) plus the HEAR shape: a non-empty ``(n_sounds, n_samples)`` batch."""
+    shape = tuple(np.shape(audio))
+    if len(shape) != 2:
+        raise ValueError(f"HEAR audio must be (n_sounds, n_samples), got shape {shape}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"HEAR audio holds no sound: shape {shape}")
+    return validate_audio(audio, "HEAR audio")

@@ -21,16 +21,13 @@ import logging
 import sys
 from pathlib import Path
 
-from eat.audio.io import AudioError
+from eat.cli import cli_main
 from eat.config import ConfigError, load_config, to_dict
-from eat.data.loaders import BadDataError
-from eat.data.manifest import ManifestError
-from eat.export import ExportError
-from eat.train.checkpoint import CheckpointError
-from eat.train.dist import DistEnv, init_distributed, shutdown
+from eat.data.loaders import check_loader_config
+from eat.train.dist import DistEnv, init_distributed, install_preemption_handler, shutdown
 from eat.train.finetune import FinetuneConfig, FinetuneResult, run_finetune
 from eat.train.finetune_data import ESC50_FOLDS, task_splits
-from eat.train.trainer import PREEMPTED_EXIT
+from eat.train.trainer import PREEMPTED_EXIT, check_train_config
 
 TASKS = ("esc50", "as20k", "as2m", "spc2", "generic")
 PRESETS = ("tiny", "base", "large", "ast_base", "passt_s")
@@ -137,19 +134,24 @@ def configure_logging(env: DistEnv) -> None:
                         force=True)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    preempt = install_preemption_handler()  # a SIGTERM during start-up is remembered, not fatal
     try:
+        args = parse_args(argv)
         cfg = load(args)
+        check_train_config(cfg.train)
+        check_loader_config(cfg.data.batch_size, cfg.data.num_workers, 1, cfg.data.max_bad_fraction)
+        if cfg.data.eval_batch_size < 0:
+            raise ConfigError(f"data.eval_batch_size: must be >= 0, got {cfg.data.eval_batch_size}")
         env = init_distributed(cfg.train.device)
         try:
             configure_logging(env)
             (run_esc50 if args.task == "esc50" else run_single)(cfg, env)
         finally:
             shutdown()
-    except (ConfigError, ManifestError, ExportError, CheckpointError, BadDataError, AudioError,
-            FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    finally:
+        preempt.uninstall()
 
 
 if __name__ == "__main__":

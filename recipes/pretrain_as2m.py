@@ -23,8 +23,10 @@ import os
 import sys
 from pathlib import Path
 
+from eat.cli import cli_main
 from eat.config import load_config
-from eat.train.pretrain import USER_ERRORS, PretrainConfig, own_data_overrides, run
+from eat.train.dist import install_preemption_handler
+from eat.train.pretrain import PretrainConfig, check_config, own_data_overrides, run
 
 
 def _sections_help() -> str:
@@ -51,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data-dir", metavar="DIR", help="a folder of audio (wav/flac, searched recursively): build "
                     "its manifest, normalisation statistics and clip length, then train on it")
     ap.add_argument("--prepare-only", action="store_true", help="with --data-dir: prepare the data and stop")
+    ap.add_argument("--check", action="store_true", help="only validate the config and the manifest path, then "
+                    "exit (make pretrain runs this before torchrun)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = ap.parse_intermixed_args(argv)
     if args.prepare_only and not args.data_dir:
@@ -58,24 +62,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+    preempt = install_preemption_handler()  # a SIGTERM from here on is remembered, not fatal
     try:
+        args = parse_args(argv)
+        overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
         if args.data_dir:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             overrides, data = own_data_overrides(args.config, overrides, args.data_dir, world,
                                                  progress=os.environ.get("RANK", "0") == "0")
-            if os.environ.get("RANK", "0") == "0":
+            if os.environ.get("RANK", "0") == "0" and not args.check:
                 print(f"{args.data_dir}: {data.clips} clips ({data.skipped} unreadable left out), manifest "
                       f"{data.manifest}\n  normalisation mean {data.norm_mean:.4f} std {data.norm_std:.4f}\n  "
                       f"{data.explanation}", flush=True)
             if args.prepare_only:
-                sys.exit(0)
+                return
         cfg = load_config(PretrainConfig, args.config, overrides)
+        check_config(cfg)
+        if args.check:
+            print(f"config ok: {args.config or '(defaults)'} with {len(overrides)} override(s)")
+            return
         status = run(cfg)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    finally:
+        preempt.uninstall()
     sys.exit(status)
 
 

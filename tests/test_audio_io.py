@@ -106,6 +106,24 @@ def test_torchaudio_resampler_missing_gives_clear_error(monkeypatch):
         resample(torch.zeros(441), 44100, 16000, resampler="torchaudio")
 
 
+def test_torchaudio_built_for_another_torch_gives_clear_error(monkeypatch):
+    """A torchaudio release built for another torch fails at import with OSError (undefined symbol)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name.startswith("torchaudio"):
+            raise OSError("libtorchaudio.so: undefined symbol: torch_exception_get_what_without_backtrace")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "torchaudio.functional", raising=False)
+    monkeypatch.delitem(sys.modules, "torchaudio", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError, match="undefined symbol.*resampler='scipy'"):
+        resample(torch.zeros(441), 44100, 16000, resampler="torchaudio")
+
+
 def expect_audio_error(path, reason: str):
     with pytest.raises(AudioError) as info:
         load_audio(path)

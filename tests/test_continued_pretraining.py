@@ -273,13 +273,15 @@ def test_pretrain_on_a_folder_of_audio_end_to_end(tmp_path):
 
 
 def test_make_pretrain_runs_the_preparation_then_the_run():
-    """``make pretrain DATA=... INIT=...`` prepares in one process, then starts torchrun with the same data."""
+    """``make pretrain DATA=... INIT=...`` prepares in one process, checks the config in one process (a bad key is
+    one line there, not torchrun's traceback), then starts torchrun with the same data."""
     proc = subprocess.run(["make", "-n", "pretrain", "DATA=/my/audio", "INIT=/w/eat.pt", "NPROC=2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "pretrain_as2m.py" in line]
-    assert len(lines) == 2
-    prep, run = lines
+    assert len(lines) == 3
+    prep, check, run = lines
+    assert "--check" in check and "--data-dir /my/audio" in check and "model.init=/w/eat.pt" in check
     assert "--data-dir /my/audio" in prep and "--prepare-only" in prep and "model.init=/w/eat.pt" in prep
     assert "torchrun" in run and "--nproc_per_node=2" in run and "--data-dir /my/audio" in run
     assert "model.init=/w/eat.pt" in run and "pretrain_own_data.yaml" in run

@@ -145,12 +145,12 @@ def test_patch_index_timestamps_and_mask():
     t, f = out.patch_index.T
     assert torch.equal(t, torch.arange(7).repeat_interleave(8)) and torch.equal(f, torch.arange(8).repeat(7))
     # column t spans frames 16t..16t+15, i.e. samples 2560t .. 2560t + 15*160 + 400
-    expected = (torch.arange(7) * 2560 + (15 * 160 + 400) / 2) / SR
+    expected = (torch.arange(7, dtype=torch.float64) * 2560 + (15 * 160 + 400) / 2) / SR
     frame = fx.extract_features(clips, granularity="frame")
-    torch.testing.assert_close(frame.timestamps[0], expected.float())
+    torch.testing.assert_close(frame.timestamps[0], expected)
     assert frame.timestamps[0, 1] - frame.timestamps[0, 0] == pytest.approx(0.16)
     assert frame.mask.tolist()[1] == [False] * 3 + [True] * 4
-    assert torch.equal(out.timestamps[0], expected.float().repeat_interleave(8))
+    assert torch.equal(out.timestamps[0], expected.repeat_interleave(8))
 
 
 def test_other_sample_rates_are_resampled_first():

@@ -15,7 +15,7 @@ def _tree(root: Path) -> None:
     rng = np.random.default_rng(0)
     soundfile.write(root / "b.wav", rng.standard_normal(1600).astype(np.float32) * 0.1, 16000)
     soundfile.write(root / "sub" / "a.flac", rng.standard_normal(800).astype(np.float32) * 0.1, 8000)
-    soundfile.write(root / "sub" / "C.WAV", np.zeros((300, 2), np.float32), 16000)
+    soundfile.write(root / "sub" / "C.WAV", np.zeros((400, 2), np.float32), 16000)  # one 25 ms frame
     (root / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
     (root / "empty.wav").write_bytes(b"")
     (root / "notes.wav").write_text("not audio at all\n")
@@ -32,7 +32,7 @@ def test_good_files_written_bad_ones_reported(tmp_path):
     assert r.returncode == 0, r.stderr
     m = read_manifest(tmp_path / "out" / "m.tsv")
     assert m.root == (tmp_path / "audio").resolve()
-    assert m.entries == [("b.wav", 1600), ("sub/C.WAV", 300), ("sub/a.flac", 800)]  # sorted, native rate
+    assert m.entries == [("b.wav", 1600), ("sub/C.WAV", 400), ("sub/a.flac", 800)]  # sorted, native rate
     assert (tmp_path / "out" / "m.tsv").read_text().splitlines()[1] == "b.wav\t1600"
     assert "wrote 3 clips" in r.stdout
     assert "warning: 3 unreadable file(s)" in r.stderr
@@ -53,7 +53,7 @@ def test_extension_filter_and_verify(tmp_path):
     assert r.returncode == 0 and [e[0] for e in read_manifest(tmp_path / "f.tsv").entries] == ["damaged.flac", "sub/a.flac"]
     v = _run(tmp_path / "audio", tmp_path / "v.tsv", "--ext", "flac", "--verify")
     assert v.returncode == 0 and [e[0] for e in read_manifest(tmp_path / "v.tsv").entries] == ["sub/a.flac"]
-    assert "damaged.flac: unreadable" in v.stderr
+    assert "damaged.flac: cannot decode" in v.stderr
 
 
 def test_user_errors_are_one_line(tmp_path):

@@ -26,6 +26,7 @@ import torch
 
 from eat.audio.augment import AugmentConfig
 from eat.audio.fbank import FrontendConfig
+from eat.cli import cli_main
 from eat.config import ConfigError
 from eat.model.classifier import Classifier, ClassifierConfig, PatchoutConfig, classifier_config
 from eat.train.dist import DistEnv
@@ -210,6 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     bench_main(parse_args(argv), run, report)
 

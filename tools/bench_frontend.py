@@ -27,6 +27,7 @@ import soundfile
 import torch
 
 from eat.audio.fbank import FrontendConfig, fbank
+from eat.cli import cli_main
 from eat.data.batch import model_input
 from eat.utils.bench import machine
 
@@ -117,6 +118,7 @@ def bench_loader(
     return results
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=32, help="clips in the fbank batch (a)")

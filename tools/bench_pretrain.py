@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from eat.audio.fbank import FrontendConfig, waveform_to_input
+from eat.cli import cli_main
 from eat.config import ConfigError
 from eat.data import ManifestError, MaskConfig, PretrainDataset, ResumableDistributedSampler, build_loader
 from eat.data.datasets import wave_length
@@ -490,6 +491,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     bench_main(parse_args(argv), run, report, (ConfigError, ManifestError))
 

@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 
 from eat.audio.fbank import FrontendConfig
+from eat.cli import cli_main
 from eat.config import ConfigError
 from eat.data.manifest import ManifestError, read_manifest
 from eat.data.norm_stats import compute_stats
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("manifest", type=Path, help="tsv manifest: root directory, then 'relpath<TAB>num_samples' lines")
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.max_clips is not None and args.max_clips <= 0:
             raise ConfigError(f"--max-clips must be positive, got {args.max_clips}")
+        if args.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {args.workers}")
         if args.target_length is not None and args.target_length < 0:
             raise ConfigError(f"--target-length must be >= 0, got {args.target_length}")
         cfg = FrontendConfig.from_preset(args.preset, crop=args.crop, sample_rate=args.sample_rate,

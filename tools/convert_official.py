@@ -22,9 +22,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from eat.cli import cli_main
 from eat.export import ExportError, export_official, read_class_names
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     doc_head, doc_rest = __doc__.split("\n\n", 1)
     ap = argparse.ArgumentParser(description=doc_head, epilog=doc_rest, formatter_class=argparse.RawDescriptionHelpFormatter)

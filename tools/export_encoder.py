@@ -23,9 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from eat.cli import cli_main
 from eat.export import ExportError, export_checkpoint, read_class_names
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

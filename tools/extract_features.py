@@ -8,7 +8,7 @@ Output in ``--out``:
 
 * ``shard_00000.safetensors`` (or ``shard_00000/`` with ``.npy`` files) holding ``embeddings``: utterance
   ``(clips, [layers,] D)``; frame/patch rows of all clips concatenated ``(rows, [layers,] D)`` with
-  ``offsets`` ``(clips + 1,)`` (clip ``i`` is rows ``offsets[i]:offsets[i+1]``), ``timestamps`` (seconds,
+  ``offsets`` ``(clips + 1,)`` (clip ``i`` is rows ``offsets[i]:offsets[i+1]``), ``timestamps`` (seconds, float64,
   one per row) and, for patches, ``patch_index`` (t, f) per row;
 * ``shard_00000.json``: the clips of the shard in row order and the files that could not be read; it is
   written last, so a shard with its json is finished and a rerun skips it;
@@ -35,12 +35,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from eat.audio.io import AudioError
+from eat.cli import UsageError, cli_main
 from eat.data.manifest import ManifestError, read_manifest
 from eat.export import ExportError, load_encoder
 from eat.features import GRANULARITIES, FeatureExtractor, read_clips
 
 
-class ToolError(Exception):
+class ToolError(UsageError):
     """A user-facing problem with this tool's inputs or output folder."""
 
 
@@ -106,7 +107,7 @@ def _rows(out: Any, b: int) -> dict[str, torch.Tensor]:
     n = int(valid.sum())
     if emb.dim() == 3:  # (layers, rows, D) -> (rows, layers, D)
         emb = emb.transpose(0, 1)
-    rows = {"embeddings": emb[:n].float().cpu(), "timestamps": out.timestamps[b, :n].float().cpu(),
+    rows = {"embeddings": emb[:n].float().cpu(), "timestamps": out.timestamps[b, :n].double().cpu(),
             "num_rows": torch.tensor(n)}
     if out.patch_index is not None:
         rows["patch_index"] = out.patch_index[:n].cpu()
@@ -194,6 +195,7 @@ def write_index(out_dir: Path, num_shards: int, settings: dict) -> dict:
     return index
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

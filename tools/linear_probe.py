@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from eat.audio.fbank import FrontendConfig
 from eat.audio.io import AudioError
+from eat.cli import UsageError, cli_main
 from eat.data.manifest import (
     LabelSet,
     ManifestError,
@@ -42,7 +43,7 @@ from eat.export import ExportError, load_encoder
 from eat.features import FeatureExtractor, logmel_statistics, read_clips
 
 
-class ToolError(Exception):
+class ToolError(UsageError):
     """A user-facing problem with this tool's inputs."""
 
 
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> dict:
                      "pooling": args.pooling if extractor else None, "skipped": len(skipped)}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

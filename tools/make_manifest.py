@@ -15,9 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from eat.cli import cli_main
 from eat.data.manifest import scan_audio, write_manifest
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("audio_dir", type=Path, help="folder to scan (recursively)")

@@ -13,9 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from eat.cli import cli_main
 from eat.data.synthetic import make_esc50_like, make_unlabelled_corpus
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="output folder (gets unlabelled/ and esc50/)")

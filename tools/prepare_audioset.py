@@ -20,6 +20,7 @@ import csv
 import sys
 from pathlib import Path
 
+from eat.cli import cli_main
 from eat.data.loaders import class_balanced_weights
 from eat.data.manifest import LabelledItem, ManifestError, read_class_csv, scan_audio, write_manifest
 
@@ -30,7 +31,7 @@ def read_segments(path: Path, known_mids: dict[str, int]) -> dict[str, list[str]
     """``{ytid: [mids]}`` from an AudioSet segments csv; unknown label ids raise ManifestError."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read ({e})") from None
     segments: dict[str, list[str]] = {}
     for lineno, row in enumerate(csv.reader(lines, skipinitialspace=True), start=1):
@@ -84,6 +85,7 @@ def prepare(segments_csv: Path, audio_dir: Path, out_prefix: Path, class_csv: Pa
     return len(entries), len(segments) - len(seen), len(bad)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from eat.cli import cli_main
 from eat.data.manifest import LabelSet, ManifestError, probe_audio, read_esc50, write_manifest
 
 FOLDS = (1, 2, 3, 4, 5)
@@ -55,6 +56,7 @@ def prepare(root: Path, out: Path, audio_dir: str = "audio") -> dict[int, int]:
     return {k: len(folds[k]) for k in FOLDS}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])

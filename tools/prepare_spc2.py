@@ -15,6 +15,7 @@ import csv
 import sys
 from pathlib import Path
 
+from eat.cli import cli_main
 from eat.data.manifest import ManifestError
 from eat.train.finetune_data import read_speech_commands
 
@@ -33,6 +34,7 @@ def prepare(root: Path, out: Path) -> dict[str, int]:
     return {s: len(v) for s, v in sets.items()}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])

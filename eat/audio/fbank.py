@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from eat.audio.io import remove_dc
+from eat.audio.io import as_float_audio, check_sample_rate, remove_dc
 from eat.config import ConfigError
 
 LOG_FLOOR = torch.finfo(torch.float32).eps
@@ -134,9 +134,17 @@ def fbank(
     symmetric window, zero-padding to the next power of two for the FFT, power spectrum, HTK-mel
     triangular filters, natural log floored at fp32 eps; no dither, no energy. ``snip_edges=True`` keeps
     only frames that fit (10 s at 16 kHz -> 998 frames); ``False`` centres frames on multiples of the
-    shift and mirrors the signal at the edges. Any input dtype is computed in fp32 (autocast is turned
+    shift and mirrors the signal at the edges. numpy arrays and integer PCM (scaled by dtype, see
+    :func:`eat.audio.io.as_float_audio`) are accepted. Any input dtype is computed in fp32 (autocast is turned
     off inside; a global TF32 matmul setting on CUDA still applies to the mel projection).
     """
+    if not (isinstance(waveforms, torch.Tensor) and waveforms.is_floating_point()):
+        waveforms = as_float_audio(waveforms, "waveforms")  # numpy / integer PCM, scaled by dtype
+    if waveforms.dim() == 0:
+        raise ValueError("waveforms: expected samples [..., S], got a scalar")
+    sample_rate = check_sample_rate(sample_rate)
+    if isinstance(num_mel_bins, bool) or not isinstance(num_mel_bins, int) or num_mel_bins < 1:
+        raise ValueError(f"num_mel_bins: expected a positive integer, got {num_mel_bins!r}")
     win, hop = _frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
     n_fft = 1 << (win - 1).bit_length()
     lead = waveforms.shape[:-1]
@@ -308,8 +316,10 @@ class FrontendConfig:
             )
         if self.crop not in ("head", "random"):
             raise ConfigError(f"crop: {self.crop!r} is not one of ['head', 'random']")
-        if self.norm_std <= 0:
-            raise ConfigError(f"norm_std: must be positive, got {self.norm_std!r}")
+        if not math.isfinite(self.norm_mean):
+            raise ConfigError(f"norm_mean: must be a finite number, got {self.norm_mean!r}")
+        if not math.isfinite(self.norm_std) or self.norm_std <= 0:
+            raise ConfigError(f"norm_std: must be a positive finite number, got {self.norm_std!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> FrontendConfig:
@@ -337,6 +347,8 @@ def waveform_to_input(
     become 0 before normalisation, so a padded batch gives the same rows as each clip on its own.
     Runs on the input's device.
     """
+    if not (isinstance(waves, torch.Tensor) and waves.is_floating_point()):
+        waves = as_float_audio(waves, "waves")
     if waves.dim() not in (1, 2):
         raise ValueError(f"waveform_to_input expects [S] or [B, S] audio, got shape {tuple(waves.shape)}")
     waves = waves.to(torch.float32)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -229,6 +230,33 @@ class SkippingLoader:
         self.sampler.load_state_dict(state)
 
 
+def check_loader_config(batch_size: int, num_workers: int, prefetch_factor: int, max_bad_fraction: float,
+                        section: str = "data") -> None:
+    """Refuse loader settings no run can use, naming the ``<section>.<key>`` (a ``ConfigError``)."""
+    from eat.config import ConfigError
+
+    if batch_size < 1:
+        raise ConfigError(f"{section}.batch_size: must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ConfigError(f"{section}.num_workers: must be >= 0, got {num_workers}")
+    if prefetch_factor < 1:
+        raise ConfigError(f"{section}.prefetch_factor: must be >= 1, got {prefetch_factor}")
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ConfigError(f"{section}.max_bad_fraction: must lie in [0, 1], got {max_bad_fraction}")
+
+
+def ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: loader workers ignore SIGTERM / SIGUSR1 / SIGINT.
+
+    Clusters signal the whole process group. PyTorch's workers die on a SIGTERM that does not come from
+    their parent, and the main process then fails with "DataLoader worker ... killed by signal" before it
+    can checkpoint. Ignoring the signals lets the main process save and shut its workers down itself;
+    a worker still exits on its own when the main process is gone (PyTorch's parent watchdog).
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Any,
     sampler: Sampler,
@@ -242,12 +270,17 @@ def build_loader(
 ) -> SkippingLoader:
     """A :class:`SkippingLoader` over ``dataset`` in ``sampler`` order.
 
-    Defaults: pinned memory when CUDA is available, persistent workers when ``num_workers > 0``,
+    Defaults: pinned memory when CUDA is available, persistent workers when ``num_workers > 0`` (which
+    ignore preemption signals, see :func:`ignore_preemption_signals`),
     incomplete last batch dropped for training (kept for evaluation), ``max_bad_fraction`` from the
     dataset.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if num_workers > 0 and prefetch_factor is not None and prefetch_factor < 1:
+        raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -258,6 +291,7 @@ def build_loader(
         drop_last=train,
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        worker_init_fn=ignore_preemption_signals if num_workers > 0 else None,
     )
     limit = dataset.max_bad_fraction if max_bad_fraction is None else max_bad_fraction
     return SkippingLoader(loader, limit, limit_name)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import soundfile
 from tqdm import tqdm
 
 
@@ -288,8 +288,10 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ManifestError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -305,18 +307,30 @@ def _read_csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
 # ---------------------------------------------------------------------------------------------- scanning
 
 
+MIN_SECONDS = 0.025  # one analysis frame of the EAT/AST front-end
+
+
 def probe_audio(path: Path, verify: bool = False) -> int | str:
-    """The number of frames in ``path``, or a one-line reason why it cannot be used."""
+    """The number of frames in ``path``, or a one-line reason why it cannot be used.
+
+    The header alone (:func:`eat.audio.io.audio_info`) catches missing, empty, unreadable and truncated
+    WAV files; ``verify`` decodes everything (:func:`eat.audio.io.load_audio_with_rate`), which also
+    catches undecodable data and NaN/inf samples. Clips shorter than one 25 ms analysis frame are refused
+    either way: no front-end can make a frame of them."""
+    from eat.audio.io import AudioError, audio_info, load_audio_with_rate
+
     try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        frames = soundfile.info(str(path)).frames
         if verify:
-            frames = soundfile.read(str(path), dtype="float32", always_2d=True)[0].shape[0]
-    except Exception as e:  # libsndfile reports every decoding problem through a handful of types
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return f"unreadable ({text})"
-    return frames if frames > 0 else "no samples"
+            wave, sr = load_audio_with_rate(path)
+            frames = wave.numel()
+        else:
+            frames, sr = audio_info(path)
+    except AudioError as e:
+        return e.reason
+    shortest = math.ceil(sr * MIN_SECONDS)
+    if frames < shortest:
+        return f"only {frames} sample(s), shorter than one {MIN_SECONDS * 1000:g} ms frame"
+    return frames
 
 
 def scan_audio(audio_dir: Path, exts: list[str], workers: int = 8, verify: bool = False,

@@ -13,6 +13,7 @@ pooled log-mel statistics, ...) can be probed the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,15 +161,25 @@ def probe(
     _check_task(task)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     dtype = torch.float64 if dev.type == "cpu" else torch.float32
-    tx, ty, vx, vy = (torch.as_tensor(a).to(dev) for a in (train_x, train_y, test_x, test_y))
+    tx, ty, vx, vy = (_as_tensor(a, name).to(dev) for a, name in
+                      ((train_x, "training features"), (train_y, "training labels"),
+                       (test_x, "test features"), (test_y, "test labels")))
     tx, vx = tx.to(dtype), vx.to(dtype)
     _check_shapes(tx, ty, vx, vy, task)
+    _check_values(tx, ty, vx, vy, task)
     if num_classes is None:
         num_classes = int(max(ty.max(), vy.max())) + 1 if task == "multiclass" else ty.shape[1]
-    if task == "multiclass" and (ty.min() < 0 or max(ty.max(), vy.max()) >= num_classes):
+    if task == "multiclass" and (ty.min() < 0 or vy.min() < 0 or max(ty.max(), vy.max()) >= num_classes):
         raise ValueError(f"class indices must lie in 0..{num_classes - 1}")
-    if not weight_decays:
-        raise ValueError("weight_decays must name at least one value")
+    if task == "multiclass":
+        unseen = sorted(set(vy.tolist()) - set(ty.tolist()))
+        if unseen:  # the probe could never predict them: their clips would silently score 0
+            raise ValueError(f"test labels hold class(es) {unseen[:10]} that no training clip has; "
+                             "a linear probe cannot predict a class it was not fitted on")
+    if not weight_decays or not all(math.isfinite(w) and w >= 0 for w in weight_decays):
+        raise ValueError(f"weight_decays must be one or more finite values >= 0, got {list(weight_decays)}")
+    if len(weight_decays) > 1 and not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
 
     val_scores: dict[str, float] = {}
     best_wd = weight_decays[0]
@@ -215,6 +226,32 @@ def _target(y: Tensor, task: str, like: Tensor) -> Tensor:
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def _as_tensor(a: Tensor | np.ndarray, name: str) -> Tensor:
+    try:
+        t = torch.as_tensor(a)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name}: not a numeric array ({str(e).splitlines()[0]})") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name}: dtype {t.dtype} is not numeric features/labels")
+    return t
+
+
+def _check_values(tx: Tensor, ty: Tensor, vx: Tensor, vy: Tensor, task: str) -> None:
+    """Refuse NaN/inf features (L-BFGS would crawl for minutes and fit nothing) and non-integer or
+    non-0/1 labels, naming the split."""
+    for name, x in (("training", tx), ("test", vx)):
+        finite = torch.isfinite(x).all(dim=1)
+        if not bool(finite.all()):
+            rows = (~finite).nonzero().flatten().tolist()
+            raise ValueError(f"{name} features: {len(rows)} row(s) hold NaN or inf (first: row {rows[0]})")
+    for name, y in (("training", ty), ("test", vy)):
+        if y.dtype.is_floating_point and not bool((torch.isfinite(y) & (y == y.round())).all()):
+            raise ValueError(f"{name} labels must be whole numbers, got {y.dtype} values such as "
+                             f"{y[~(torch.isfinite(y) & (y == y.round()))][0].item()}")
+        if task == "multilabel" and not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError(f"{name} labels of a multilabel task must be 0/1")
 
 
 def _check_shapes(tx: Tensor, ty: Tensor, vx: Tensor, vy: Tensor, task: str) -> None:

@@ -433,7 +433,9 @@ def load_official(path: str | Path) -> Converted:
     cfg_file = path.parent / "config.json"
     if cfg_file.is_file():
         try:
-            hf_cfg = json.loads(cfg_file.read_text())
+            hf_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConversionError(f"{cfg_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise ConversionError(f"{cfg_file}: not valid JSON ({e})") from None
     if path.suffix == ".safetensors":

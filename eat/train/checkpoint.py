@@ -8,7 +8,7 @@ Layout of ``<run_dir>/step_000123/`` (written as ``.tmp_step_000123/`` and renam
     trainer.json            step, epoch, data position, schedule, counters, rank 0
     config.yaml             the resolved run config, rank 0
     rank_00000.pt ...       every rank's RNG states (torch, cuda, numpy, python) and sampler state
-    complete                JSON list of every file and its size, written last
+    complete                JSON table of every file with its size and CRC-32, written last
 
 Model and optimizer go through ``torch.distributed.checkpoint.state_dict`` with full, CPU-offloaded state
 dicts keyed by parameter names, so the files are the same whether DDP or FSDP2 wrote them. The per-rank
@@ -17,12 +17,15 @@ files are plain tensors/lists loaded with ``weights_only=True``; everything else
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import random
 import re
 import shutil
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,11 +116,15 @@ def save_checkpoint(
     rank_state: dict[str, Any],
     config: dict[str, Any] | None = None,
     keep_last: int = 0,
+    protect: Path | None = None,
 ) -> Path:
     """Write ``step_<step>/`` atomically; every rank must call this (collective under FSDP2).
 
     ``rank_state`` (e.g. the sampler state) is saved per rank together with the RNG states. ``keep_last``
-    > 0 deletes all but the newest ``keep_last`` complete checkpoints afterwards.
+    > 0 deletes all but the newest ``keep_last`` complete checkpoints afterwards, except ``protect`` (the
+    trainer's last checkpoint before non-finite updates began). Leftover ``.tmp_step_*`` folders of saves
+    that were killed are removed first. A failed write (disk full, no permission) removes the partial
+    folder and raises ``OSError`` naming the file.
     """
     run_dir = Path(run_dir)
     final = step_dir(run_dir, step)
@@ -128,33 +135,74 @@ def save_checkpoint(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if env.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove_stale_temps(run_dir)
         tmp.mkdir(parents=True)
     barrier(env)
-    _save_torch({**rank_state, "rng": rng_state(env.device)}, tmp / rank_file(env.rank))
+    error = None
+    try:
+        _save_torch({**rank_state, "rng": rng_state(env.device)}, tmp / rank_file(env.rank))
+        if env.is_main:
+            _save_safetensors(_unshare(model_sd), tmp / MODEL_FILE, metadata={"format": "eat-train-v1"})
+            tensors, meta = _flatten_optimizer(optim_sd)
+            _save_safetensors(tensors, tmp / OPTIM_TENSORS)
+            _write_text(tmp / OPTIM_META, json.dumps(meta))
+            _write_text(tmp / TRAINER_FILE, json.dumps({**trainer_state, "step": step, "world_size": env.world_size},
+                                                       indent=1))
+            if config is not None:
+                _write_text(tmp / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+    except OSError as e:
+        error = e
+    if any_rank(error is not None, env):
+        barrier(env)
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if error is not None:
+            raise error
+        raise OSError(errno.EIO, "another rank failed to write its part of the checkpoint", str(tmp))
     if env.is_main:
-        save_file(_unshare(model_sd), tmp / MODEL_FILE, metadata={"format": "eat-train-v1"})
-        tensors, meta = _flatten_optimizer(optim_sd)
-        save_file(tensors, tmp / OPTIM_TENSORS)
-        _write_text(tmp / OPTIM_META, json.dumps(meta))
-        _write_text(tmp / TRAINER_FILE, json.dumps({**trainer_state, "step": step, "world_size": env.world_size},
-                                                   indent=1))
-        if config is not None:
-            _write_text(tmp / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
-    barrier(env)
-    if env.is_main:
-        sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-        _write_text(tmp / MARKER, json.dumps({"step": step, "files": sizes}, indent=1))
+        try:
+            files = {p.name: {"size": p.stat().st_size, "crc32": file_crc32(p)} for p in sorted(tmp.iterdir())}
+            _write_text(tmp / MARKER, json.dumps({"step": step, "files": files}, indent=1))
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(run_dir)
         if keep_last > 0:
-            for old in list_checkpoints(run_dir)[keep_last:]:
-                shutil.rmtree(old, ignore_errors=True)
+            prune_checkpoints(run_dir, keep_last, protect)
     barrier(env)
     return final
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints, never ``protect``; returns what was deleted."""
+    removed = []
+    for old in list_checkpoints(run_dir)[keep_last:]:
+        if protect is not None and old.resolve() == Path(protect).resolve():
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
+
+
+def remove_stale_temps(run_dir: str | Path) -> list[Path]:
+    """Remove ``.tmp_step_*`` folders left by saves that were killed (only one save runs at a time)."""
+    run_dir = Path(run_dir)
+    stale = sorted(run_dir.glob(".tmp_step_*")) if run_dir.is_dir() else []
+    for t in stale:
+        shutil.rmtree(t, ignore_errors=True)
+    return stale
+
+
+def file_crc32(path: Path, chunk: int = 1 << 24) -> int:
+    """CRC-32 of a file, read in 16 MiB chunks (about 1 s per GB; just written, so from the page cache)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def _unshare(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -194,6 +242,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors`` raises its own error type for I/O failures; turn them into ``OSError`` naming the file."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:
+        text = str(e)
+        code = errno.ENOSPC if ("No space" in text or "code: 28" in text) else errno.EIO
+        raise OSError(code, os.strerror(code) if code == errno.ENOSPC else text.splitlines()[0], str(path)) from None
+
+
 def _save_torch(obj: Any, path: Path) -> None:
     with open(path, "wb") as f:
         torch.save(obj, f)
@@ -228,36 +286,70 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def check_complete(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless the marker exists and every listed file has its recorded size."""
+def check_complete(path: Path, verify: Iterable[str] | None = None) -> dict[str, Any]:
+    """Raise :class:`CheckpointError` unless the marker exists and every listed file has its recorded size;
+    the files named in ``verify`` (default: all) must also match their recorded CRC-32 (checkpoints
+    written before CRCs were recorded are checked by size only). Returns the marker's file table."""
     marker = path / MARKER
     if not marker.is_file():
         raise CheckpointError(f"{path}: no '{MARKER}' marker (the save did not finish)")
     try:
         files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError) as e:
+        if not isinstance(files, dict):
+            raise ValueError("'files' is not a mapping")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}/{MARKER}: unreadable ({e})") from None
-    for name, size in files.items():
+    wanted = set(files) if verify is None else set(verify)
+    for name, entry in files.items():
+        size, crc = (entry.get("size"), entry.get("crc32")) if isinstance(entry, dict) else (entry, None)
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing")
         if f.stat().st_size != size:
             raise CheckpointError(f"{f}: {f.stat().st_size} bytes, expected {size} (truncated?)")
+        if crc is not None and name in wanted and file_crc32(f) != crc:
+            raise CheckpointError(f"{f}: contents changed since it was saved (CRC-32 mismatch)")
+    return files
 
 
 def read_checkpoint(path: str | Path, env: DistEnv) -> tuple[dict, dict, Loaded]:
-    """Read (without applying) the model state, optimizer state and trainer/rank state of one checkpoint."""
+    """Read (without applying) the model state, optimizer state and trainer/rank state of one checkpoint.
+
+    Any damage (missing, truncated, changed or foreign file, wrong content) raises :class:`CheckpointError`
+    naming the file. The shared files and this rank's file are verified; other ranks' files by size."""
     path = Path(path)
-    check_complete(path)
-    try:
-        model_sd = load_file(path / MODEL_FILE)
-        optim_sd = _unflatten_optimizer(load_file(path / OPTIM_TENSORS), json.loads((path / OPTIM_META).read_text()))
-        trainer = json.loads((path / TRAINER_FILE).read_text())
-        rank_path = path / rank_file(env.rank)
-        rank = torch.load(rank_path, map_location="cpu", weights_only=True) if rank_path.is_file() else None
-    except (OSError, ValueError, RuntimeError, KeyError, EOFError, SafetensorError) as e:
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    own = rank_file(env.rank)
+    files = check_complete(path, verify=[MODEL_FILE, OPTIM_TENSORS, OPTIM_META, TRAINER_FILE, CONFIG_FILE, own])
+
+    def read(name: str, fn: Callable[[Path], Any]) -> Any:
+        try:
+            return fn(path / name)
+        except Exception as e:  # any decoder's error type: the file is damaged, whatever the library says
+            raise CheckpointError(f"{path / name}: unreadable ({type(e).__name__}: {_first_line(e)})") from None
+
+    for name in (MODEL_FILE, OPTIM_TENSORS, OPTIM_META, TRAINER_FILE):
+        if name not in files:
+            raise CheckpointError(f"{path / name}: missing (not listed in '{MARKER}')")
+    model_sd = read(MODEL_FILE, load_file)
+    optim_tensors = read(OPTIM_TENSORS, load_file)
+    meta = read(OPTIM_META, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    trainer = read(TRAINER_FILE, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if not isinstance(trainer, dict) or not isinstance(trainer.get("step"), int):
+        raise CheckpointError(f"{path / TRAINER_FILE}: unreadable (no integer 'step')")
+    if CONFIG_FILE in files:
+        read(CONFIG_FILE, lambda p: yaml.safe_load(p.read_text(encoding="utf-8")))
+    optim_sd = read(OPTIM_META, lambda _: _unflatten_optimizer(optim_tensors, meta))
+    rank = None
+    if (path / own).is_file():
+        rank = read(own, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+        if not isinstance(rank, dict) or "rng" not in rank:
+            raise CheckpointError(f"{path / own}: unreadable (not a rank state)")
     return model_sd, optim_sd, Loaded(path=path, trainer=trainer, rank=rank)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def apply_checkpoint(

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from eat.config import ConfigError
 
 Strategy = Literal["ddp", "fsdp"]
 
@@ -49,9 +54,13 @@ def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistEnv
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"train.device: {device!r} is not one of ['auto', 'cuda', 'cpu']")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but CUDA is not available")
+        raise ConfigError("train.device=cuda, but CUDA is not available here (use train.device=cpu or auto)")
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK={local_rank}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
@@ -191,23 +200,34 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
 
 
 class PreemptionFlag:
-    """Set by SIGTERM / SIGUSR1 (cluster preemption); the trainer checkpoints at the next step boundary."""
+    """Set by SIGTERM / SIGUSR1 (cluster preemption); the trainer checkpoints at the next step boundary.
+
+    ``install`` / ``uninstall`` nest: the recipe installs the process-wide flag (:func:`preemption_flag`)
+    first thing in ``main`` so that a signal during start-up is remembered, and the trainer's own
+    install/uninstall around ``fit`` leaves it in place.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._depth = 0
 
     def install(self) -> PreemptionFlag:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if self._depth == 0:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        self._depth += 1
         return self
 
     def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        self._previous.clear()
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+            self._previous.clear()
+            self.signum = None  # handled: the next run in this process starts unsignalled
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signum = signum
@@ -215,3 +235,44 @@ class PreemptionFlag:
     @property
     def raised(self) -> bool:
         return self.signum is not None
+
+
+_FLAG = PreemptionFlag()
+
+
+def preemption_flag() -> PreemptionFlag:
+    """The process-wide preemption flag (installed early by the recipes, again by ``Trainer.fit``)."""
+    return _FLAG
+
+
+def install_preemption_handler() -> PreemptionFlag:
+    """Remember SIGTERM/SIGUSR1 from now on instead of dying (call first thing in a training ``main``);
+    under torchrun also start :func:`start_parent_watchdog`. Returns the flag."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
+        start_parent_watchdog()
+    return _FLAG.install()
+
+
+def start_parent_watchdog(interval_s: float = 1.0, grace_s: float = 300.0) -> threading.Thread | None:
+    """Stop this rank when its launcher dies (e.g. torchrun killed with SIGKILL, which cannot forward it).
+
+    A daemon thread polls the parent pid; once the process has been re-parented it sends itself SIGTERM,
+    so the run checkpoints at the next step boundary and exits with the preemption status like any
+    preempted run. If the process is still alive ``grace_s`` later (stuck in a collective whose peer is
+    gone), it exits hard with status 1; checkpoints are atomic, so that never leaves a half-written one.
+    """
+    parent = os.getppid()
+    if parent <= 1:
+        return None
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        logging.getLogger("eat.train").warning("the launcher (pid %d) is gone: checkpointing and stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="eat-parent-watchdog", daemon=True)
+    thread.start()
+    return thread

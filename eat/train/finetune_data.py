@@ -120,7 +120,10 @@ def read_speech_commands(root: str | Path, split: Literal["train", "valid", "tes
         path = root / fname
         if not path.is_file():
             raise ManifestError(f"{path}: file not found (part of the Speech Commands v2 layout)")
-        lists[name] = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            lists[name] = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{path}: cannot read ({e})") from None
     if split == "train":
         held_out = set(lists["valid"]) | set(lists["test"])
         rels = sorted(f"{w}/{p.name}" for w in words for p in (root / w).glob("*.wav"))
@@ -143,7 +146,7 @@ def read_weights(path: str | Path, count: int) -> list[float]:
     path = Path(path)
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read ({e})") from None
     if len(lines) != count:
         raise ManifestError(f"{path}: {len(lines)} weights for {count} training clips")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,37 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+
+    def drop_after(self, step: int) -> int:
+        """Forget what was logged for steps after ``step`` (a resumed run redoes them): rewrite
+        ``metrics.jsonl`` without those rows (and without a line torn by a kill), and restart TensorBoard
+        with ``purge_step`` so its curves do not hold both versions. Returns the rows dropped."""
+        if not self.enabled or self._jsonl is None:
+            return 0
+        path = self.run_dir / "metrics.jsonl"
+        self._jsonl.close()
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                dropped += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+                dropped += 1
+                continue
+            kept.append(line + "\n")
+        if dropped:
+            tmp = path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, path)
+        self._jsonl = open(path, "a", buffering=1)
+        if self._writer is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer.close()
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=step + 1)
+        return dropped
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         """Write ``values`` at ``step`` to TensorBoard (as ``prefix/name``) and as one JSON line."""

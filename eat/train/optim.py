@@ -37,6 +37,27 @@ class OptimConfig:
     # at a time (least memory, slowest; what the official fairseq code runs)
     implementation: Literal["auto", "fused", "foreach", "forloop"] = "auto"
 
+    def __post_init__(self) -> None:
+        """Refuse values that would train silently wrong (e.g. a negative lr ascends the loss)."""
+        from eat.config import ConfigError
+
+        def bad(key: str, want: str) -> ConfigError:
+            return ConfigError(f"optim.{key}: must be {want}, got {getattr(self, key)!r}")
+
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a positive number")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise bad("min_lr", ">= 0")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", ">= 0")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            raise bad("betas", "two numbers in [0, 1)")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise bad("eps", "a positive number")
+        for key in ("weight_decay", "clip_grad"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise bad(key, "a number >= 0")
+
 
 def param_groups(
     model: nn.Module,

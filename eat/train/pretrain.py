@@ -44,14 +44,14 @@ from eat.config import ConfigError, from_dict, load_config, to_dict
 from eat.data import BadDataError, ManifestError, MaskConfig, PretrainDataset, ResumableDistributedSampler
 from eat.data import build_loader as build_data_loader
 from eat.data.batch import Batch, model_input
-from eat.data.loaders import SkippingLoader
+from eat.data.loaders import SkippingLoader, check_loader_config
 from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.model.vit import EncoderConfig
 from eat.train.checkpoint import CheckpointError
 from eat.train.dist import DistEnv, init_distributed, shutdown
 from eat.train.flops import pretrain_flops_per_clip
 from eat.train.optim import OptimConfig, param_groups
-from eat.train.trainer import PREEMPTED_EXIT, TrainConfig, Trainer
+from eat.train.trainer import PREEMPTED_EXIT, TrainConfig, Trainer, check_train_config
 
 log = logging.getLogger("eat.train")
 
@@ -347,14 +347,24 @@ def resolved_config(cfg: PretrainConfig, model_cfg: EATConfig) -> dict[str, Any]
     return resolved
 
 
-def run(cfg: PretrainConfig) -> int:
-    """Build everything from a resolved config and train; returns the process exit status (0, or
-    :data:`~eat.train.trainer.PREEMPTED_EXIT` after a preemption signal)."""
-    resolve_model(cfg.model)  # config errors before any process group or file is touched
+def check_config(cfg: PretrainConfig) -> None:
+    """Every value a run would refuse later, refused now (``--check`` runs this before torchrun starts ranks)."""
+    resolve_model(cfg.model)
+    check_train_config(cfg.train)
+    check_loader_config(cfg.data.batch_size, cfg.data.num_workers, cfg.data.prefetch_factor,
+                        cfg.data.max_bad_fraction)
     if not cfg.data.train_manifest:
         raise ConfigError("data.train_manifest is not set (pass data.train_manifest=/path/to/train.tsv)")
     if not Path(cfg.data.train_manifest).is_file():
         raise ManifestError(f"training manifest not found: {cfg.data.train_manifest}")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda, but CUDA is not available here (use train.device=cpu or auto)")
+
+
+def run(cfg: PretrainConfig) -> int:
+    """Build everything from a resolved config and train; returns the process exit status (0, or
+    :data:`~eat.train.trainer.PREEMPTED_EXIT` after a preemption signal)."""
+    check_config(cfg)  # config errors before any process group or file is touched
     env = init_distributed(cfg.train.device)
     try:
         configure_logging(env)

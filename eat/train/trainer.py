@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -36,11 +38,11 @@ from eat.config import ConfigError
 from eat.train import checkpoint as ckpt
 from eat.train.dist import (
     DistEnv,
-    PreemptionFlag,
     any_rank,
     compile_blocks,
     configure_cpu_threads,
     gradient_sync,
+    preemption_flag,
     unwrap,
     wrap_model,
 )
@@ -172,9 +174,7 @@ class Trainer:
         flops_per_clip: float | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
-        if cfg.grad_accum < 1 or cfg.max_steps < 1 or cfg.log_every < 1 or cfg.cpu_threads < 0:
-            raise ConfigError("train.grad_accum, train.max_steps and train.log_every must be >= 1, "
-                              "train.cpu_threads >= 0")
+        check_train_config(cfg)
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
         check_sdpa_backend(cfg.sdpa_backend, env.device, bf16)
         self._autocast_dtype = torch.bfloat16 if bf16 else None
@@ -204,6 +204,9 @@ class Trainer:
         self._bad_max = torch.zeros((), device=dev)  # longest run since the last check
         self._bad_count = torch.zeros((), device=dev)  # non-finite updates since the last check
         self.last_checkpoint: Path | None = None
+        # the newest checkpoint saved after a finite update: kept by retention while non-finite updates
+        # pile up, and named when they stop the run
+        self.last_good_checkpoint: Path | None = None
         self._resume()
 
     # ------------------------------------------------------------------------------------ state
@@ -219,13 +222,21 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        """Checkpoint the current step (all ranks)."""
+        """Checkpoint the current step (all ranks).
+
+        Retention (``train.keep_last``) never deletes the last checkpoint saved after a finite update while
+        the updates since then were non-finite: that is the one to resume from if the run diverged."""
+        bad_run = int(self._bad_run)  # host sync; a save is rare and already waits for the device
+        state = {**self._trainer_state(), "nonfinite_run": bad_run}
+        protect = self.last_good_checkpoint if bad_run else None
         path = ckpt.save_checkpoint(
-            self.run_dir, self.step, self.model, self.optimizer, self.env, self._trainer_state(),
+            self.run_dir, self.step, self.model, self.optimizer, self.env, state,
             {"data": self.data.state_dict()},
-            self.config, self.cfg.keep_last,
+            self.config, self.cfg.keep_last, protect=protect,
         )
         self.last_checkpoint = path
+        if bad_run == 0:
+            self.last_good_checkpoint = path
         self.logger.event({"kind": "checkpoint", "step": self.step, "path": str(path)})
         self.logger.console(f"saved {path}")
         return path
@@ -244,6 +255,9 @@ class Trainer:
             return
         t = loaded.trainer
         self.step, self.epoch = int(t["step"]), int(t["epoch"])
+        self.last_checkpoint = loaded.path
+        self.last_good_checkpoint = _last_good(self.run_dir, loaded.path)
+        self.logger.drop_after(self.step)  # rows of steps this run is about to redo
         self.skipped_total = int(t.get("skipped_steps", 0))
         where = f"epoch {self.epoch}"
         try:
@@ -353,9 +367,12 @@ class Trainer:
         self._bad_count.zero_()
         self.skipped_total += count
         if longest >= self.cfg.max_bad_steps:
+            good = self.last_good_checkpoint
+            where = (f"resume from {good}, the last checkpoint before them (train.resume={good})" if good
+                     else "no checkpoint was saved before them")
             raise FloatingPointError(
                 f"{longest} updates in a row had a non-finite loss/gradient (up to step {self.step}); "
-                "lower the LR, check the data, or resume from an earlier checkpoint"
+                f"lower the LR or check the data, and {where}"
             )
         return count
 
@@ -364,13 +381,20 @@ class Trainer:
         self.model.train()
         batches = self.batches()
         history: list[dict[str, float]] = []
-        preempt = PreemptionFlag().install()
+        preempt = preemption_flag().install()  # already installed by the recipe: keeps a start-up signal
         status: Literal["done", "preempted"] = "done"
         saved_at = self.step if self.last_checkpoint else -1
+        if any_rank(preempt.raised, env):  # signalled during start-up: nothing new to save
+            self.logger.console(f"preemption signal during start-up: stopping at step {self.step} "
+                                "without saving (nothing new was trained)")
+            batches.close()
+            preempt.uninstall()
+            self.logger.close()
+            return TrainResult("preempted", self.step, self.run_dir, self.last_checkpoint, history)
         if self.step == 0 and env.is_main and self.config is not None:
             import yaml
 
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+            _write_atomic(self.run_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
         self.logger.console(f"training steps {self.step + 1}..{cfg.max_steps} on {env.world_size} x {env.device.type}"
                             f" ({cfg.strategy}, accum {cfg.grad_accum})")
         if env.device.type == "cuda":
@@ -459,6 +483,53 @@ class Trainer:
 
 
 _END = object()
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse ``train.*`` values no run can use, naming the key (a :class:`ConfigError`)."""
+    for key in ("grad_accum", "max_steps", "log_every", "max_bad_steps"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg, key)}")
+    for key in ("save_every", "keep_last", "eval_every", "cpu_threads"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(cfg, key)}")
+    if not cfg.out_dir:
+        raise ConfigError("train.out_dir: must name a folder")
+    for q in (Path(cfg.out_dir), *Path(cfg.out_dir).parents):
+        if q.exists() and not q.is_dir():
+            raise ConfigError(f"train.out_dir: {q} is a file, not a folder")
+    if not cfg.resume:
+        raise ConfigError("train.resume: use auto, none or a run / step_* folder")
+
+
+def _last_good(run_dir: Path, loaded: Path) -> Path | None:
+    """The newest checkpoint up to the resumed one whose trainer.json records no non-finite run (saves
+    from before the field existed count as good)."""
+    if loaded.parent.resolve() != run_dir.resolve():
+        candidates = [loaded]
+    else:
+        candidates = [p for p in ckpt.list_checkpoints(run_dir) if _step_of(p) <= _step_of(loaded)]
+    for path in candidates:
+        try:
+            state = json.loads((path / ckpt.TRAINER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and not state.get("nonfinite_run", 0):
+            return path
+    return None
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.split("_")[-1])
+    except ValueError:
+        return -1
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _keep_rng(fn: Callable[..., Any], *args: Any) -> Any:
