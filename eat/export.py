@@ -486,7 +486,11 @@ def read_class_names(path: Path) -> list[str]:
             return read_class_csv(path)[1]
         except ManifestError as e:
             raise ExportError(str(e)) from None
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ExportError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ExportError(f"{path}: no class names")
     return names

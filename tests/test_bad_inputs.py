@@ -598,7 +598,7 @@ def test_make_manifest_out_is_a_folder(data, capsys):
 
 @pytest.mark.parametrize("tool, argv, needles", [
     ("export_encoder", ["{root}/nope", "{tmp}/out"], ("{root}/nope",)),
-    ("export_encoder", ["{enc}", "{tmp}/out", "--class-names", "{utf8}"], ("not UTF-8",)),
+    ("export_encoder", ["{enc}", "{tmp}/out", "--class-names", "{utf8}"], ("not UTF-8", "{utf8}")),
     ("convert_official", ["{root}/nope.pt", "{tmp}/out"], ("{root}/nope.pt",)),
     ("convert_official", ["{hf}", "{tmp}/out"], ("{hf}/config.json", "not UTF-8")),
     ("prepare_esc50", ["{esc}", "{tmp}/out"], ("{esc}/meta/esc50.csv",)),
