@@ -44,12 +44,30 @@ def test_timestamp_embeddings_like_the_validator(model):
     assert np.abs(diffs - diffs[0, 0]).max() < 1.0  # regular to within 1 ms
     assert diffs[0, 0] == pytest.approx(160.0, abs=1e-3)  # one column of 16 frames x 10 ms
     assert ts[0, 0] == pytest.approx(87.5, abs=1e-3)
-    assert ts.shape[1] == 13  # 198 frames -> 13 columns, the last one partly padding
+    # 198 frames -> 13 columns; the 13th, mostly padding, is centred at 2007.5 ms, past the end: left out
+    assert ts.shape[1] == 12 and ts[0, -1] == pytest.approx(1847.5, abs=1e-6)
     # two sounds with different content get different embeddings; identical sounds identical ones
     assert not torch.allclose(emb[0], emb[1])
     twice, _ = hear.get_timestamp_embeddings(audio[[0, 0]], model)
     torch.testing.assert_close(twice[0], twice[1])
     torch.testing.assert_close(twice[0], emb[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seconds", [1.07, 1.98, 4.0, 2.0, 0.3, 7.77])
+def test_timestamps_pass_the_validators_end_checks(model, seconds):
+    """hear-validator's rules: regular within 1 ms, the last timestamp not after the end of the audio and not
+    more than two steps before it (1.07, 1.98 and 4.0 s are the lengths it tries)."""
+    audio = noise(2, seconds, model.sample_rate)
+    length_ms = 1000.0 * audio.shape[1] / model.sample_rate
+    with torch.no_grad():
+        emb, ts = hear.get_timestamp_embeddings(audio, model)
+    assert emb.shape[:2] == ts.shape and ts.shape[1] >= 1
+    ts = ts.numpy()
+    assert ts.max() <= length_ms
+    if ts.shape[1] > 1:
+        steps = np.diff(ts, axis=1)
+        assert np.abs(steps - steps.mean()).max() < 1e-6
+        assert ts.max() >= length_ms - 2 * steps.mean()
 
 
 def test_scene_embeddings_like_the_validator(model):
