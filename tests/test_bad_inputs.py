@@ -416,7 +416,7 @@ def test_train_values_are_checked(key, value, tmp_path):
     (["train.save_every=-5"], ["train.save_every"]),
     (["train.device=tpu"], ["train.device"]),
     (["model.encoder.depth=two"], ["model.encoder.depth"]),
-    (["optim.lr=-1"], ["optim.lr", "positive"]),
+    (["optim.lr=-1"], ["optim.lr", ">= 0"]),
     (["optim.betas=[2, 3]"], ["optim.betas"]),
     (["optim.weight_decay=-0.1"], ["optim.weight_decay"]),
     (["data.train_manifest=/nonexistent.tsv"], ["/nonexistent.tsv"]),

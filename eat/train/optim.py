@@ -44,8 +44,8 @@ class OptimConfig:
         def bad(key: str, want: str) -> ConfigError:
             return ConfigError(f"optim.{key}: must be {want}, got {getattr(self, key)!r}")
 
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise bad("lr", "a positive number")
+        if not (math.isfinite(self.lr) and self.lr >= 0):  # 0 is allowed: a run that must not move (tests, probes)
+            raise bad("lr", "a number >= 0")
         if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
             raise bad("min_lr", ">= 0")
         if self.warmup_steps < 0:
