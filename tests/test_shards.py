@@ -1,0 +1,333 @@
+"""Tar shards: the writer (library and tools/make_shards.py), the reader, and the streaming loader's
+guarantees (every clip once per epoch over ranks x workers, exact resume, bad members skipped)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eat.audio.fbank import FrontendConfig
+from eat.audio.io import load_audio
+from eat.data import BadDataError, read_path_label_csv
+from eat.data.manifest import write_manifest
+from eat.data.shards import (
+    ShardError,
+    ShardLabelledDataset,
+    ShardPretrainDataset,
+    ShardSampler,
+    ShardSet,
+    build_shard_loader,
+    clips_from_manifest,
+    iter_tar_members,
+    parse_size,
+    write_shards,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 16000
+FRONT = FrontendConfig(target_length=8)  # 8 frames: 1520 samples per item; clips are 800 samples
+
+
+def wav_bytes(samples: np.ndarray, sr: int = SR) -> bytes:
+    """A 16-bit mono PCM wav file (written by hand: 20,000 soundfile.write calls take a minute)."""
+    data = samples.astype("<i2").tobytes()
+    fmt = (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + sr.to_bytes(4, "little")
+    fmt += (2 * sr).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    body = b"WAVE" + b"fmt " + len(fmt).to_bytes(4, "little") + fmt + b"data" + len(data).to_bytes(4, "little") + data
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+def make_corpus(root: Path, n: int, length: int = 800, seed: int = 0) -> Path:
+    """``n`` clips of random 16-bit noise under ``root/wav`` and their manifest ``root/train.tsv``."""
+    (root / "wav").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    audio = rng.integers(-3000, 3000, size=(n, length), dtype=np.int16)
+    for i in range(n):
+        (root / "wav" / f"c{i:05d}.wav").write_bytes(wav_bytes(audio[i]))
+    return write_manifest(root / "train.tsv", root / "wav", [(f"c{i:05d}.wav", length) for i in range(n)])
+
+
+def source_of(shards: ShardSet) -> list[str]:
+    """The source name of every clip of the set, from the json members in the tars."""
+    by_key: dict[str, str] = {}
+    for f in shards.files:
+        for name, data in iter_tar_members(shards.root / f):
+            if name.endswith(".json"):
+                by_key[name.split(".")[0]] = json.loads(data)["source"]
+    return [by_key[k.split(".")[0]] for k in shards.keys]
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> tuple[Path, ShardSet]:
+    """The acceptance corpus: 20,000 clips of 50 ms, sharded (original bytes, 500 clips per shard)."""
+    root = tmp_path_factory.mktemp("big")
+    manifest = make_corpus(root, 20_000)
+    write_shards(clips_from_manifest(manifest), root / "shards", audio="original", clips_per_shard=500, workers=2)
+    return manifest, ShardSet(root / "shards")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, Path]:
+    """300 clips as FLAC shards of 40 clips (the last shard holds 20)."""
+    root = tmp_path_factory.mktemp("small")
+    manifest = make_corpus(root, 300, seed=1)
+    write_shards(clips_from_manifest(manifest), root / "shards", clips_per_shard=40)
+    return manifest, root / "shards"
+
+
+def stream(shards: ShardSet, rank: int, world: int = 2, workers: int = 2, batch: int = 50, epoch: int = 0,
+           state: dict | None = None, stop_after: int | None = None, **kw) -> tuple[list[list[int]], dict, int]:
+    """Indices of the batches one rank gets in ``epoch`` (from ``state``, up to ``stop_after`` batches);
+    returns (batches, the loader's state after them, skipped clips)."""
+    ds = ShardPretrainDataset(shards, FRONT, return_waveform=True, seed=3, **kw)
+    loader = build_shard_loader(ds, batch, world, rank, seed=5, num_workers=workers, window=700)
+    if state is not None:
+        loader.load_state_dict(state)
+    loader.set_epoch(epoch)
+    out, skipped = [], 0
+    for b in loader:
+        out.append(b["index"].tolist())
+        skipped += b["num_skipped"]
+        if stop_after is not None and len(out) == stop_after:
+            break
+    return out, loader.state_dict(), skipped
+
+
+@pytest.fixture(scope="module")
+def unbroken(big) -> dict[int, list[list[int]]]:
+    _, shards = big
+    return {rank: stream(shards, rank)[0] for rank in (0, 1)}
+
+
+def test_every_clip_exactly_once_per_epoch_over_2_ranks_x_2_workers(big, unbroken):
+    _, shards = big
+    assert len(shards) == 20_000 and len(shards.files) == 40
+    assert [len(b) for b in unbroken[0]] == [len(b) for b in unbroken[1]] == [50] * 200  # equal steps per rank
+    seen = sorted(i for rank in (0, 1) for b in unbroken[rank] for i in b)
+    assert seen == list(range(20_000))
+    # a new epoch is a new order of the same clips
+    nxt = stream(shards, 0, epoch=1, stop_after=3)[0]
+    assert nxt != unbroken[0][:3]
+
+
+def test_items_are_the_source_clips(big):
+    manifest, shards = big
+    names = source_of(shards)
+    assert sorted(names) == sorted(rel for rel, _ in clips_manifest_entries(manifest))
+    for i in (0, 1, 777, 19_999):
+        assert torch.equal(shards.read(i, FRONT), load_audio(manifest.parent / "wav" / names[i]))
+
+
+def clips_manifest_entries(manifest: Path) -> list[tuple[str, int]]:
+    from eat.data.manifest import read_manifest
+
+    return read_manifest(manifest).entries
+
+
+def test_stop_mid_epoch_and_resume_gives_the_unbroken_sequence(big, unbroken):
+    _, shards = big
+    for rank, stop in ((0, 37), (1, 120)):
+        head, state, _ = stream(shards, rank, stop_after=stop)
+        assert state["consumed"] == stop * 50 and state["epoch"] == 0
+        # resumed in a fresh loader, with another worker count (the workers hold no position)
+        tail, end, _ = stream(shards, rank, workers=1, state=json.loads(json.dumps(state)))
+        assert head + tail == unbroken[rank]
+        assert end["consumed"] == 10_000
+
+
+def test_resume_position_refuses_a_different_layout(big, small):
+    _, shards = big
+    _, state, _ = stream(shards, 0, stop_after=1)
+    other = ShardSampler(ShardSet(small[1]), 2, 0, seed=5, window=700)
+    with pytest.raises(ValueError, match="shards=40 but this sampler has 8"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="window"):
+        ShardSampler(shards, 2, 0, seed=5, window=64).load_state_dict(state)
+    with pytest.raises(ValueError, match="file loader"):
+        ShardSampler(shards, 2, 0, seed=5, window=700).load_state_dict(
+            {"epoch": 0, "consumed": 0, "seed": 5, "num_items": 20_000, "num_replicas": 2})
+
+
+def test_window_shuffle_is_a_pure_bounded_function_of_seed_and_epoch(big):
+    _, shards = big
+    s = ShardSampler(shards, 1, 0, seed=9, window=300)
+    order = s.epoch_order()
+    assert torch.equal(order, ShardSampler(shards, 1, 0, seed=9, window=300).epoch_order())
+    assert sorted(order.tolist()) == list(range(len(shards)))
+    # recover the shard order of this epoch, then check no clip moved `window` places or more
+    first_seen = dict.fromkeys(int(shards.shard_of[i]) for i in order.tolist())
+    starts = np.concatenate([[0], np.cumsum(shards.shard_clips)[:-1]])
+    unshuffled = np.concatenate([np.arange(starts[k], starts[k] + shards.shard_clips[k]) for k in first_seen])
+    where = np.empty(len(shards), dtype=np.int64)
+    where[unshuffled] = np.arange(len(shards))
+    moved = np.abs(np.arange(len(shards)) - where[order.numpy()])
+    assert moved.max() < 300 and moved.mean() > 50
+    s.set_epoch(1)
+    assert not torch.equal(s.epoch_order(), order)
+
+
+def test_shard_items_equal_file_items(small):
+    """Same clip, same (seed, epoch, index): same item as the file dataset (FLAC of 16-bit audio is lossless)."""
+    from eat.data import MaskConfig, PretrainDataset
+
+    manifest, folder = small
+    shards = ShardSet(folder)
+    names = source_of(shards)
+    from eat.data.manifest import Manifest
+
+    man = Manifest(manifest.parent / "wav", [(n, 800) for n in names])
+    mask = MaskConfig(clones=2, grid=(2, 8))
+    fe = FrontendConfig(target_length=32, crop="random")
+    a = ShardPretrainDataset(shards, fe, mask, seed=4)[(17, 3)]
+    b = PretrainDataset(man, fe, mask, seed=4)[(17, 3)]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])), k
+
+
+def corrupt_copy(folder: Path, dest: Path) -> tuple[ShardSet, int, int]:
+    """Copy the shards; overwrite one member's audio with random bytes and cut the last shard inside its
+    last member. Returns (set, garbled clip, truncated clip)."""
+    dest.mkdir()
+    for p in folder.iterdir():
+        (dest / p.name).write_bytes(p.read_bytes())
+    shards = ShardSet(dest)
+    garbled = 45
+    with open(dest / shards.files[shards.shard_of[garbled]], "r+b") as f:
+        f.seek(int(shards.offsets[garbled]))
+        f.write(np.random.default_rng(0).integers(0, 256, int(shards.sizes[garbled]), dtype=np.uint8).tobytes())
+    cut = len(shards) - 1
+    os.truncate(dest / shards.files[-1], int(shards.offsets[cut] + shards.sizes[cut] // 2))
+    return ShardSet(dest), garbled, cut
+
+
+def test_corrupt_members_are_skipped_counted_and_limited(small, tmp_path, caplog):
+    shards, garbled, cut = corrupt_copy(small[1], tmp_path / "bad")
+    assert "cannot decode" in shards.read(garbled, FRONT).reason
+    assert "truncated" in shards.read(cut, FRONT).reason
+    with caplog.at_level(logging.WARNING):
+        batches, _, skipped = stream(shards, 0, world=1, workers=2, batch=20, max_bad_fraction=0.01)
+    seen = sorted(i for b in batches for i in b)
+    assert skipped == 2 and seen == sorted(set(range(300)) - {garbled, cut})
+    assert sum("skipping unreadable clip" in r.message for r in caplog.records) == 2
+    with pytest.raises(BadDataError, match="data.max_bad_fraction=0.005"):
+        stream(shards, 0, world=1, workers=0, batch=20, max_bad_fraction=0.005)
+
+
+def test_labelled_shards_keep_the_labels(tmp_path):
+    manifest = make_corpus(tmp_path, 30, seed=2)
+    rows = "".join(f"wav/c{i:05d}.wav,{['dog', 'cat', 'bird'][i % 3]}\n" for i in range(30))
+    (tmp_path / "train.csv").write_text("path,label\n" + rows)
+    labels = read_path_label_csv(tmp_path / "train.csv")
+    from eat.data.shards import clips_from_labels
+
+    write_shards(clips_from_labels(labels), tmp_path / "sh", audio="wav", clips_per_shard=7,
+                 classes=labels.class_names, multi_label=labels.multi_label)
+    shards = ShardSet(tmp_path / "sh")
+    want = {str(it.path): it.labels for it in labels.items}
+    assert [want[s] for s in source_of(shards)] == shards.labels
+    ds = ShardLabelledDataset(shards, FRONT, train=True, return_waveform=True)
+    assert ds.num_classes == 3 and not ds.multi_label
+    item = ds[(4, 0)]
+    assert item["target"] == shards.labels[4][0]
+    with pytest.raises(ShardError, match="no labels"):
+        ShardSet(write_shards(clips_from_manifest(manifest), tmp_path / "u", clips_per_shard=50).index_path
+                 ).label_set()
+
+
+def test_parse_size():
+    assert parse_size("1G") == 1 << 30 and parse_size("500M") == 500 << 20 and parse_size("4096") == 4096
+    with pytest.raises(ValueError, match="cannot read size"):
+        parse_size("lots")
+
+
+# ------------------------------------------------------------------------------------ the CLI
+
+
+def make_shards(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "tools/make_shards.py"), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run tools/make_shards.py's main in this process: (exit status, stdout, stderr)."""
+    from tools.make_shards import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (print(e.code, file=sys.stderr) or 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_make_shards_skips_and_lists_bad_files(tmp_path, capsys):
+    manifest = make_corpus(tmp_path, 12, seed=3)
+    wav = tmp_path / "wav"
+    good = (wav / "c00000.wav").read_bytes()
+    (wav / "c00001.wav").write_bytes(good[: len(good) // 3])  # truncated: fewer samples, still decodes
+    (wav / "c00002.wav").write_bytes(np.random.default_rng(1).bytes(2000))  # random bytes
+    (wav / "c00003.wav").write_bytes(b"FAKE" + good[4:])  # wrong header
+    (wav / "c00004.wav").write_bytes(b"")  # empty
+    (wav / "c00005.wav").unlink()  # missing
+    code, out, err = cli(capsys, manifest, tmp_path / "sh", "--clips-per-shard", 5, "--workers", 2)
+    assert code == 0, err
+    assert "wrote 8 clips in 3 shards" in out
+    assert "4 unreadable clip(s) left out" in err
+    for name in ("c00002.wav", "c00003.wav", "c00004.wav", "c00005.wav"):
+        assert name in err
+    shards = ShardSet(tmp_path / "sh")
+    assert len(shards) == 8 and len(shards.skipped_when_written) == 4
+    assert "c00001.wav" in source_of(shards)
+
+
+def test_make_shards_user_errors_are_one_line(tmp_path, capsys):
+    manifest = make_corpus(tmp_path, 3, seed=4)
+    code, _, err = cli(capsys, tmp_path / "nope.tsv", tmp_path / "sh")
+    assert code != 0 and err.count("\n") == 1 and "nope.tsv" in err
+    assert cli(capsys, manifest, tmp_path / "sh", "--clips-per-shard", 2)[0] == 0
+    code, _, err = cli(capsys, manifest, tmp_path / "sh", "--audio", "wav")
+    assert code != 0 and err.count("\n") == 1 and "'flac' -> 'wav'" in err
+    code, _, err = cli(capsys, tmp_path / "x.json", tmp_path / "sh3")
+    assert code != 0 and err.count("\n") == 1 and "--class-csv" in err
+    for path in (tmp_path / "wav").iterdir():
+        path.write_bytes(b"junk")
+    code, _, err = cli(capsys, manifest, tmp_path / "sh2")
+    assert code != 0 and "could be read" in err and err.count("\n") == 1
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "--shard-size" in out
+
+
+def test_make_shards_resumes_after_being_killed(tmp_path):
+    manifest = make_corpus(tmp_path, 400, seed=5)
+    args = ("--clips-per-shard", 10, "--workers", 1, "--audio", "flac")
+    assert make_shards(manifest, tmp_path / "clean", *args).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools/make_shards.py"), str(manifest),
+                             str(tmp_path / "cut"), *map(str, args)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "cut").glob("shard-*.tar.json"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((tmp_path / "cut").glob("shard-*.tar.json")))
+    assert 3 <= done_before < 40 and not (tmp_path / "cut" / "index.json").exists()
+    out = make_shards(manifest, tmp_path / "cut", *args)
+    assert out.returncode == 0, out.stderr
+    assert f"({done_before} shards kept from an earlier run)" in out.stdout
+    assert not list((tmp_path / "cut").glob("*.partial"))
+    for f in sorted((tmp_path / "clean").glob("shard-*.tar")) + [tmp_path / "clean" / "index.json"]:
+        assert (tmp_path / "cut" / f.name).read_bytes() == f.read_bytes(), f.name
