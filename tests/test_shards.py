@@ -331,3 +331,15 @@ def test_make_shards_resumes_after_being_killed(tmp_path):
     assert not list((tmp_path / "cut").glob("*.partial"))
     for f in sorted((tmp_path / "clean").glob("shard-*.tar")) + [tmp_path / "clean" / "index.json"]:
         assert (tmp_path / "cut" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_all_finite_is_exact():
+    from eat.data.datasets import all_finite
+
+    x = torch.zeros(1000)
+    assert all_finite(x)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[500] = bad
+        assert not all_finite(y)
+    assert all_finite(torch.full((10,), 3e38))  # the sum overflows, every sample is finite

@@ -58,7 +58,7 @@ import torch
 
 from eat.audio.fbank import FrontendConfig
 from eat.audio.io import AudioError, decode_audio_bytes, load_audio
-from eat.data.datasets import LabelledDataset, MaskConfig, PretrainDataset, Skipped, check_clip
+from eat.data.datasets import LabelledDataset, MaskConfig, PretrainDataset, Skipped, all_finite, check_clip
 from eat.data.loaders import ResumableDistributedSampler, SkippingLoader, build_loader
 from eat.data.manifest import LabelledItem, LabelSet, read_manifest
 
@@ -107,7 +107,7 @@ def encode_clip(clip: Clip, audio: AudioFormat, sample_rate: int) -> tuple[bytes
         wave = load_audio(clip.path, sample_rate=sample_rate)
     except AudioError as e:
         return e.reason
-    if not bool(torch.isfinite(wave).all()):
+    if not all_finite(wave):
         return "non-finite samples (NaN or inf)"
     if audio == "original":
         return clip.path.read_bytes(), clip.path.suffix.lstrip(".").lower() or "bin", wave.numel()
@@ -393,15 +393,29 @@ class ShardSet:
             return Skipped(name, e.reason)
         return check_clip(wave, name, frontend)
 
-    def label_set(self) -> LabelSet:
+    def label_set(self) -> ShardLabelSet:
         """The clips as a :class:`LabelSet` (paths are the member names); needs a labelled index."""
         if not self.classes:
             raise ShardError(f"{self.index_path}: these shards carry no labels (write them from a labelled set)")
-        return LabelSet([LabelledItem(Path(self.path(i)), lab) for i, lab in enumerate(self.labels)],
-                        list(self.classes), self.multi_label)
+        return ShardLabelSet([LabelledItem(Path(self.path(i)), lab) for i, lab in enumerate(self.labels)],
+                             list(self.classes), self.multi_label, self)
 
     def __getstate__(self) -> dict[str, Any]:  # descriptors do not travel to spawned workers
         return {**self.__dict__, "_fds": {}, "_pid": -1}
+
+
+@dataclass
+class ShardLabelSet(LabelSet):
+    """A :class:`LabelSet` read from shards; ``shards`` is where its clips are."""
+
+    shards: ShardSet | None = None
+
+
+def labelled_dataset(labels: LabelSet, frontend: FrontendConfig, **kwargs: Any) -> LabelledDataset:
+    """The dataset for a label set: read from its shards when it came from shards, else from files."""
+    if isinstance(labels, ShardLabelSet) and labels.shards is not None:
+        return ShardLabelledDataset(labels.shards, frontend, **kwargs)
+    return LabelledDataset.from_labels(labels, frontend, **kwargs)
 
 
 class ShardPretrainDataset(PretrainDataset):
@@ -509,6 +523,7 @@ def iter_tar_members(path: str | Path) -> Iterator[tuple[str, bytes]]:
 __all__ = [
     "Clip",
     "ShardError",
+    "ShardLabelSet",
     "ShardLabelledDataset",
     "ShardPretrainDataset",
     "ShardSampler",
@@ -518,6 +533,7 @@ __all__ = [
     "clips_from_manifest",
     "encode_clip",
     "iter_tar_members",
+    "labelled_dataset",
     "parse_size",
     "write_shards",
 ]
