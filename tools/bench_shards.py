@@ -13,9 +13,9 @@ disk; only this benchmark's files are dropped):
   is the device's work. It is timed here separately on this CPU as a stand-in (one thread); on a GPU it
   costs the cores nothing.
 
-It also reads the FLAC shards without the model-side work three ways: this project's reader (index +
-``os.pread`` in the sampler's order), Python's ``tarfile`` streamed in order, and the ``webdataset``
-package when it can be imported. Example:
+It also reads and decodes the FLAC clips without the model-side work four ways: this project's reader (index +
+``os.pread`` in the sampler's order), Python's ``tarfile`` streamed in order, the ``webdataset``
+package when it can be imported, and the FLAC files in the sampler's order. Example:
 
     nice -n 10 python tools/bench_shards.py --clips 256 --seconds 10 --json bench_shards.json
 """
@@ -37,7 +37,6 @@ import soundfile
 import torch
 
 from eat.audio.fbank import FrontendConfig, waveform_to_input
-from eat.audio.io import load_audio
 from eat.data import MaskConfig, PretrainDataset, ResumableDistributedSampler, build_loader
 from eat.data.manifest import write_manifest
 from eat.data.shards import (
@@ -146,10 +145,9 @@ def read_only(root: Path, window: int) -> dict:
     out = {}
     shards = ShardSet(root / "shards_flac")
     order = ShardSampler(shards, window=window).rank_order().tolist()
-    fe = FrontendConfig()
     clock = Clock()
     for i in order:
-        shards.read(i, fe)
+        soundfile.read(io.BytesIO(shards.read_bytes(i)), dtype="float32")
     out["own_reader_pread"] = clock.rates(len(order))
     clock, n = Clock(), 0
     for f in shards.files:
@@ -162,7 +160,7 @@ def read_only(root: Path, window: int) -> dict:
     names = [root / "flac" / Path(name).name for name in source_names(shards)]
     clock = Clock()
     for i in order:
-        load_audio(names[i])
+        soundfile.read(names[i], dtype="float32")
     out["files_flac_same_order"] = clock.rates(len(order))
     try:
         import webdataset as wds
@@ -186,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=256, help="synthetic clips (default 256)")
     ap.add_argument("--seconds", type=float, default=10.0, help="clip length in seconds (default 10)")
     ap.add_argument("--batch", type=int, default=16, help="clips per batch (default 16)")
+    ap.add_argument("--target-length", type=int, default=1024, help="fbank frames per clip (default 1024)")
     ap.add_argument("--window", type=int, default=1024, help="shuffle window of the shard readers")
     ap.add_argument("--gpu-clips-per-s", type=float, default=350.0, help="what one GPU trains on (350)")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.clips < args.batch or args.seconds <= 0:
         sys.exit("error: --clips must be >= --batch and --seconds > 0")
     torch.set_num_threads(1)
-    frontend = FrontendConfig(target_length=int(args.seconds * 100 + 0.5) // 16 * 16 or 16)
+    frontend = FrontendConfig(target_length=args.target_length)
     mask = MaskConfig()
     result: dict = {"machine": machine(), "command": " ".join(["python", "tools/bench_shards.py", *sys.argv[1:]]),
                     "clips": args.clips, "seconds": args.seconds, "target_length": frontend.target_length}

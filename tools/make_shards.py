@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
             bar.close()
     except (ManifestError, ShardError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished shards are kept; run the same command again to continue {args.out_dir}",
+              file=sys.stderr)
+        sys.exit(130)
     again = f" ({result.resumed_shards} shards kept from an earlier run)" if result.resumed_shards else ""
     print(f"wrote {result.clips} clips in {result.shards} shards to {result.index_path}{again}")
     if result.skipped:
