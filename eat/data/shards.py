@@ -46,6 +46,7 @@ import json
 import math
 import os
 import random
+import signal
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -214,6 +215,12 @@ def _shard_job(args: tuple) -> dict[str, Any]:
     return write_one_shard(*args)
 
 
+def _init_writer_process() -> None:
+    """Pool processes: one torch thread each, and Ctrl-C is the parent's to handle (it ends the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
 def write_shards(
     clips: Sequence[Clip],
     out_dir: str | Path,
@@ -278,7 +285,7 @@ def write_shards(
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp
 
-        with mp.get_context().Pool(min(workers, len(todo)), torch.set_num_threads, (1,)) as pool:
+        with mp.get_context().Pool(min(workers, len(todo)), _init_writer_process) as pool:
             for rec in pool.imap_unordered(_shard_job, todo):
                 records[int(rec["file"][6:12])] = rec
                 done_clips += len(rec["keys"]) + len(rec["skipped"])
