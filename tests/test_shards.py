@@ -343,3 +343,75 @@ def test_all_finite_is_exact():
         y[500] = bad
         assert not all_finite(y)
     assert all_finite(torch.full((10,), 3e38))  # the sum overflows, every sample is finite
+
+
+# ------------------------------------------------------------------------- the recipes, from shards
+
+
+def _load_script(name: str, path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules.setdefault(name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _metrics(out: Path) -> dict[int, float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"}
+
+
+@pytest.mark.slow
+def test_pretraining_from_shards_resumes_exactly(tmp_path, restore_threads):
+    recipe = _load_script("pretrain_as2m", REPO / "recipes" / "pretrain_as2m.py")
+    manifest = make_corpus(tmp_path, 18, length=16000, seed=6)
+    write_shards(clips_from_manifest(manifest), tmp_path / "sh", clips_per_shard=5)
+
+    def run(out: Path, *extra: str) -> None:
+        args = ["--config", str(REPO / "recipes/configs/tiny.yaml"), "data.format=shards",
+                f"data.train_shards={tmp_path / 'sh'}", f"train.out_dir={out}", "train.log_every=1",
+                "train.tensorboard=false", "train.keep_last=0", "train.cpu_threads=1", "train.max_steps=6",
+                "data.shard_window=7", "model.encoder.target_length=96", *extra]
+        with pytest.raises(SystemExit) as e:
+            recipe.main(args)
+        assert e.value.code == 0
+
+    run(tmp_path / "a", "train.save_every=3")  # 18 clips, batch 4: 4 steps per epoch, so step 6 is in epoch 1
+    run(tmp_path / "b", "data.num_workers=2", "--resume", str(tmp_path / "a" / "step_000003"))
+    a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert sorted(a) == [1, 2, 3, 4, 5, 6] and sorted(b) == [4, 5, 6]
+    assert [b[s] for s in (4, 5, 6)] == [a[s] for s in (4, 5, 6)]  # bitwise: same clips, masks and crops
+    rank = torch.load(tmp_path / "a" / "step_000003" / "rank_00000.pt", weights_only=True)
+    assert rank["data"]["consumed"] == 12 and rank["data"]["shards"] == 4
+    with pytest.raises(SystemExit, match="data.train_shards is not set"):
+        recipe.main(["--config", str(REPO / "recipes/configs/tiny.yaml"), "data.format=shards"])
+
+
+@pytest.mark.slow
+def test_finetuning_from_shards(tmp_path, restore_threads, capsys):
+    recipe = _load_script("finetune_recipe", REPO / "recipes" / "finetune.py")
+    make_corpus(tmp_path, 24, length=16000, seed=7)
+    rows = "".join(f"wav/c{i:05d}.wav,{['dog', 'cat'][i % 2]}\n" for i in range(24))
+    (tmp_path / "train.csv").write_text(rows[: rows.index("c00016")].rsplit("\n", 1)[0] + "\n")
+    (tmp_path / "valid.csv").write_text("".join(rows.splitlines(keepends=True)[16:]))
+    assert cli(capsys, tmp_path / "train.csv", tmp_path / "sh_train", "--clips-per-shard", 5)[0] == 0
+    code, _, err = cli(capsys, tmp_path / "valid.csv", tmp_path / "sh_valid", "--classes-from", tmp_path / "sh_train")
+    assert code == 0, err
+    out = tmp_path / "ft"
+    recipe.main(["--task", "generic", "--preset", "tiny", "--out", str(out), "data.format=shards",
+                 f"data.train={tmp_path / 'sh_train'}", f"data.valid={tmp_path / 'sh_valid'}",
+                 "data.frontend.target_length=96", "data.batch_size=4", "data.num_workers=1", "train.max_steps=5",
+                 "train.log_every=1", "train.tensorboard=false", "train.cpu_threads=1", "data.shard_window=3"])
+    text = capsys.readouterr().out
+    assert "generic: 2 classes (single-label), train 16 clips, evaluate 8" in text
+    summary = json.loads((out / "generic_summary.json").read_text())
+    assert summary["last"]["step"] == 5 and 0.0 <= summary["last"][summary["metric"]] <= 1.0
+    assert summary["config"]["data"]["format"] == "shards"

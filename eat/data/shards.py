@@ -61,7 +61,7 @@ from eat.audio.fbank import FrontendConfig
 from eat.audio.io import AudioError, decode_audio_bytes, load_audio
 from eat.data.datasets import LabelledDataset, MaskConfig, PretrainDataset, Skipped, all_finite, check_clip
 from eat.data.loaders import ResumableDistributedSampler, SkippingLoader, build_loader
-from eat.data.manifest import LabelledItem, LabelSet, read_manifest
+from eat.data.manifest import LabelledItem, LabelSet, ManifestError, read_manifest
 
 INDEX_NAME = "index.json"
 PLAN_NAME = "plan.json"
@@ -69,7 +69,7 @@ FORMAT_VERSION = 1
 AudioFormat = Literal["flac", "wav", "original"]
 
 
-class ShardError(ValueError):
+class ShardError(ManifestError):
     """A shard folder, index or plan is missing, malformed or does not match; the message names the file."""
 
 
