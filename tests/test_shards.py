@@ -64,7 +64,7 @@ def source_of(shards: ShardSet) -> list[str]:
         for name, data in iter_tar_members(shards.root / f):
             if name.endswith(".json"):
                 by_key[name.split(".")[0]] = json.loads(data)["source"]
-    return [by_key[k.split(".")[0]] for k in shards.keys]
+    return [by_key[shards.key(i).split(".")[0]] for i in range(len(shards))]
 
 
 @pytest.fixture(scope="module")
@@ -415,3 +415,14 @@ def test_finetuning_from_shards(tmp_path, restore_threads, capsys):
     summary = json.loads((out / "generic_summary.json").read_text())
     assert summary["last"]["step"] == 5 and 0.0 <= summary["last"][summary["metric"]] <= 1.0
     assert summary["config"]["data"]["format"] == "shards"
+
+
+def test_open_shards_are_capped(small, monkeypatch):
+    import eat.data.shards as mod
+
+    monkeypatch.setattr(mod, "MAX_OPEN_SHARDS", 3)
+    shards = ShardSet(small[1])
+    first = [shards.read_bytes(i) for i in range(len(shards))]
+    assert len(shards._fds) == 3
+    assert [shards.read_bytes(i) for i in reversed(range(len(shards)))][::-1] == first
+    assert shards.key(0).endswith(".flac") and shards.path(0).endswith(f"shard-000000.tar:{shards.key(0)}")

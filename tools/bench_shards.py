@@ -137,7 +137,7 @@ def source_names(shards: ShardSet) -> list[str]:
         for name, data in iter_tar_members(shards.root / f):
             if name.endswith(".json"):
                 by_key[name.split(".")[0]] = Path(json.loads(data)["source"]).with_suffix(".flac").name
-    return [by_key[k.split(".")[0]] for k in shards.keys]
+    return [by_key[shards.key(i).split(".")[0]] for i in range(len(shards))]
 
 
 def read_only(root: Path, window: int) -> dict:

@@ -48,6 +48,7 @@ import os
 import random
 import signal
 import tarfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ from eat.data.manifest import LabelledItem, LabelSet, ManifestError, read_manife
 INDEX_NAME = "index.json"
 PLAN_NAME = "plan.json"
 FORMAT_VERSION = 1
+MAX_OPEN_SHARDS = 64  # per process; a rank's window touches one or two shards at a time
 AudioFormat = Literal["flac", "wav", "original"]
 
 
@@ -351,34 +353,48 @@ class ShardSet:
             self.offsets = np.concatenate([np.asarray(sh["offsets"], dtype=np.int64) for sh in shards])
             self.sizes = np.concatenate([np.asarray(sh["sizes"], dtype=np.int64) for sh in shards])
             self.samples = np.concatenate([np.asarray(sh["samples"], dtype=np.int64) for sh in shards])
-            self.keys = [k for sh in shards for k in sh["keys"]]
+            keys = [k.split(".", 1) for sh in shards for k in sh["keys"]]
+            self.suffixes = sorted({suffix for _, suffix in keys})
+            code = {suffix: j for j, suffix in enumerate(self.suffixes)}
+            # numbers, not 2 M strings: worker processes share these pages instead of copying them
+            self.key_ids = np.array([int(k) for k, _ in keys], dtype=np.int64)
+            self.key_suffix = np.array([code[suffix] for _, suffix in keys], dtype=np.int16)
             labels = [tuple(int(c) for c in lab) for sh in shards for lab in sh["labels"]]
             self.sample_rate = int(idx["sample_rate"])
             self.audio = str(idx["audio"])
         except (KeyError, TypeError, ValueError) as e:
             raise ShardError(f"{self.index_path}: malformed index ({type(e).__name__}: {e})") from None
-        if not (len(self.offsets) == len(self.sizes) == len(self.samples) == len(labels) == len(self.keys)
-                == int(self.shard_clips.sum())) or not len(self.keys):
+        if not (len(self.offsets) == len(self.sizes) == len(self.samples) == len(labels) == len(self.key_ids)
+                == int(self.shard_clips.sum())) or not len(self.key_ids):
             raise ShardError(f"{self.index_path}: malformed index (per-clip tables disagree with the clip counts)")
         self.labels = labels
         self.classes: list[str] | None = idx.get("classes")
         self.multi_label = bool(idx.get("multi_label", False))
         self.skipped_when_written = [tuple(x) for x in idx.get("skipped", [])]
-        self._fds: dict[int, int] = {}
+        self._fds: OrderedDict[int, int] = OrderedDict()
         self._pid = os.getpid()
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.key_ids)
+
+    def key(self, i: int) -> str:
+        """The tar member name of clip ``i``'s audio, e.g. ``000001234.flac``."""
+        return f"{self.key_ids[i]:09d}.{self.suffixes[self.key_suffix[i]]}"
 
     def path(self, i: int) -> str:
-        return f"{self.root / self.files[self.shard_of[i]]}:{self.keys[i]}"
+        return f"{self.root / self.files[self.shard_of[i]]}:{self.key(i)}"
 
     def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():  # a forked worker: open its own descriptors
-            self._fds, self._pid = {}, os.getpid()
+        """An open descriptor of ``shard`` in this process; at most ``MAX_OPEN_SHARDS`` stay open."""
+        if self._pid != os.getpid():  # a forked worker: open its own descriptors (the parent's stay open)
+            self._fds, self._pid = OrderedDict(), os.getpid()
         fd = self._fds.get(shard)
         if fd is None:
+            if len(self._fds) >= MAX_OPEN_SHARDS:
+                os.close(self._fds.popitem(last=False)[1])
             fd = self._fds[shard] = os.open(self.root / self.files[shard], os.O_RDONLY)
+        else:
+            self._fds.move_to_end(shard)
         return fd
 
     def read_bytes(self, i: int) -> bytes:
@@ -408,7 +424,7 @@ class ShardSet:
                              list(self.classes), self.multi_label, self)
 
     def __getstate__(self) -> dict[str, Any]:  # descriptors do not travel to spawned workers
-        return {**self.__dict__, "_fds": {}, "_pid": -1}
+        return {**self.__dict__, "_fds": OrderedDict(), "_pid": -1}
 
 
 @dataclass
