@@ -426,3 +426,20 @@ def test_open_shards_are_capped(small, monkeypatch):
     assert len(shards._fds) == 3
     assert [shards.read_bytes(i) for i in reversed(range(len(shards)))][::-1] == first
     assert shards.key(0).endswith(".flac") and shards.path(0).endswith(f"shard-000000.tar:{shards.key(0)}")
+
+
+def test_bad_index_is_one_clear_error(small, tmp_path):
+    with pytest.raises(ShardError, match="index.json: file not found"):
+        ShardSet(tmp_path)
+    text = (small[1] / "index.json").read_text()
+    (tmp_path / "index.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ShardError, match="index.json: cannot read"):
+        ShardSet(tmp_path)
+    idx = json.loads(text)
+    idx["shards"][0]["offsets"].pop()
+    (tmp_path / "index.json").write_text(json.dumps(idx))
+    with pytest.raises(ShardError, match="per-clip tables disagree"):
+        ShardSet(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"version": 99}))
+    with pytest.raises(ShardError, match="make_shards"):
+        ShardSet(tmp_path)

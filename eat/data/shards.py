@@ -40,6 +40,8 @@ run would have seen, even with a different ``num_workers``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -330,6 +332,17 @@ def _read_json(path: Path) -> Any:
 # ------------------------------------------------------------------------------------------ reading
 
 
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class ShardSet:
     """The clips of a shard folder, read by offset. ``len()`` and ``path(i)`` (a name for messages,
     ``<dir>/shard-000003.tar:000001234.flac``) make it usable where a manifest is expected.
@@ -341,7 +354,10 @@ class ShardSet:
         p = Path(path)
         self.index_path = p / INDEX_NAME if p.is_dir() else p
         self.root = self.index_path.parent
-        idx = _read_json(self.index_path)
+        with _no_gc():  # millions of small objects: the cyclic GC would rescan them all (3x slower)
+            self._load(_read_json(self.index_path))
+
+    def _load(self, idx: Any) -> None:
         if not isinstance(idx, dict) or idx.get("version") != FORMAT_VERSION or "shards" not in idx:
             raise ShardError(f"{self.index_path}: not a shard index of version {FORMAT_VERSION} "
                              "(write it with tools/make_shards.py)")
@@ -359,7 +375,7 @@ class ShardSet:
             # numbers, not 2 M strings: worker processes share these pages instead of copying them
             self.key_ids = np.array([int(k) for k, _ in keys], dtype=np.int64)
             self.key_suffix = np.array([code[suffix] for _, suffix in keys], dtype=np.int16)
-            labels = [tuple(int(c) for c in lab) for sh in shards for lab in sh["labels"]]
+            labels = [tuple(lab) for sh in shards for lab in sh["labels"]]  # range-checked by LabelledDataset
             self.sample_rate = int(idx["sample_rate"])
             self.audio = str(idx["audio"])
         except (KeyError, TypeError, ValueError) as e:
@@ -371,6 +387,7 @@ class ShardSet:
         self.classes: list[str] | None = idx.get("classes")
         self.multi_label = bool(idx.get("multi_label", False))
         self.skipped_when_written = [tuple(x) for x in idx.get("skipped", [])]
+        self._paths = [str(self.root / f) for f in self.files]
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._pid = os.getpid()
 
@@ -382,7 +399,7 @@ class ShardSet:
         return f"{self.key_ids[i]:09d}.{self.suffixes[self.key_suffix[i]]}"
 
     def path(self, i: int) -> str:
-        return f"{self.root / self.files[self.shard_of[i]]}:{self.key(i)}"
+        return f"{self._paths[self.shard_of[i]]}:{self.key(i)}"
 
     def _fd(self, shard: int) -> int:
         """An open descriptor of ``shard`` in this process; at most ``MAX_OPEN_SHARDS`` stay open."""
@@ -392,7 +409,7 @@ class ShardSet:
         if fd is None:
             if len(self._fds) >= MAX_OPEN_SHARDS:
                 os.close(self._fds.popitem(last=False)[1])
-            fd = self._fds[shard] = os.open(self.root / self.files[shard], os.O_RDONLY)
+            fd = self._fds[shard] = os.open(self._paths[shard], os.O_RDONLY)
         else:
             self._fds.move_to_end(shard)
         return fd
@@ -420,7 +437,13 @@ class ShardSet:
         """The clips as a :class:`LabelSet` (paths are the member names); needs a labelled index."""
         if not self.classes:
             raise ShardError(f"{self.index_path}: these shards carry no labels (write them from a labelled set)")
-        return ShardLabelSet([LabelledItem(Path(self.path(i)), lab) for i, lab in enumerate(self.labels)],
+        with _no_gc():
+            return self._label_set()
+
+    def _label_set(self) -> ShardLabelSet:
+        columns = (self.shard_of.tolist(), self.key_ids.tolist(), self.key_suffix.tolist())
+        names = [f"{self._paths[s]}:{k:09d}.{self.suffixes[x]}" for s, k, x in zip(*columns, strict=True)]
+        return ShardLabelSet([LabelledItem(Path(n), lab) for n, lab in zip(names, self.labels, strict=True)],
                              list(self.classes), self.multi_label, self)
 
     def __getstate__(self) -> dict[str, Any]:  # descriptors do not travel to spawned workers
@@ -437,7 +460,7 @@ class ShardLabelSet(LabelSet):
 def labelled_dataset(labels: LabelSet, frontend: FrontendConfig, **kwargs: Any) -> LabelledDataset:
     """The dataset for a label set: read from its shards when it came from shards, else from files."""
     if isinstance(labels, ShardLabelSet) and labels.shards is not None:
-        return ShardLabelledDataset(labels.shards, frontend, **kwargs)
+        return ShardLabelledDataset(labels.shards, frontend, labels=labels, **kwargs)
     return LabelledDataset.from_labels(labels, frontend, **kwargs)
 
 
@@ -456,9 +479,11 @@ class ShardPretrainDataset(PretrainDataset):
 class ShardLabelledDataset(LabelledDataset):
     """:class:`~eat.data.datasets.LabelledDataset` over a labelled :class:`ShardSet`."""
 
-    def __init__(self, shards: ShardSet | str | Path, frontend: FrontendConfig, **kwargs: Any):
+    def __init__(self, shards: ShardSet | str | Path, frontend: FrontendConfig, labels: LabelSet | None = None,
+                 **kwargs: Any):
+        """``labels``: the set's :meth:`ShardSet.label_set` when the caller already made it."""
         self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
-        labels = self.shards.label_set()
+        labels = labels if labels is not None else self.shards.label_set()
         super().__init__(labels.items, frontend, labels.num_classes, labels.multi_label, **kwargs)
 
     def read(self, index: int) -> torch.Tensor | Skipped:
