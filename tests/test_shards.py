@@ -235,11 +235,11 @@ def test_labelled_shards_keep_the_labels(tmp_path):
                  classes=labels.class_names, multi_label=labels.multi_label)
     shards = ShardSet(tmp_path / "sh")
     want = {str(it.path): it.labels for it in labels.items}
-    assert [want[s] for s in source_of(shards)] == shards.labels
+    assert [want[s] for s in source_of(shards)] == [shards.labels(i) for i in range(len(shards))]
     ds = ShardLabelledDataset(shards, FRONT, train=True, return_waveform=True)
     assert ds.num_classes == 3 and not ds.multi_label
     item = ds[(4, 0)]
-    assert item["target"] == shards.labels[4][0]
+    assert item["target"] == shards.labels(4)[0]
     with pytest.raises(ShardError, match="no labels"):
         ShardSet(write_shards(clips_from_manifest(manifest), tmp_path / "u", clips_per_shard=50).index_path
                  ).label_set()

@@ -375,15 +375,16 @@ class ShardSet:
             # numbers, not 2 M strings: worker processes share these pages instead of copying them
             self.key_ids = np.array([int(k) for k, _ in keys], dtype=np.int64)
             self.key_suffix = np.array([code[suffix] for _, suffix in keys], dtype=np.int16)
-            labels = [tuple(lab) for sh in shards for lab in sh["labels"]]  # range-checked by LabelledDataset
+            counts = [len(lab) for sh in shards for lab in sh["labels"]]
+            self.label_ptr = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # clip i: flat[ptr[i]:ptr[i+1]]
+            self.label_flat = np.array([c for sh in shards for lab in sh["labels"] for c in lab], dtype=np.int32)
             self.sample_rate = int(idx["sample_rate"])
             self.audio = str(idx["audio"])
         except (KeyError, TypeError, ValueError) as e:
             raise ShardError(f"{self.index_path}: malformed index ({type(e).__name__}: {e})") from None
-        if not (len(self.offsets) == len(self.sizes) == len(self.samples) == len(labels) == len(self.key_ids)
+        if not (len(self.offsets) == len(self.sizes) == len(self.samples) == len(counts) == len(self.key_ids)
                 == int(self.shard_clips.sum())) or not len(self.key_ids):
             raise ShardError(f"{self.index_path}: malformed index (per-clip tables disagree with the clip counts)")
-        self.labels = labels
         self.classes: list[str] | None = idx.get("classes")
         self.multi_label = bool(idx.get("multi_label", False))
         self.skipped_when_written = [tuple(x) for x in idx.get("skipped", [])]
@@ -393,6 +394,10 @@ class ShardSet:
 
     def __len__(self) -> int:
         return len(self.key_ids)
+
+    def labels(self, i: int) -> tuple[int, ...]:
+        """Class indices of clip ``i`` (empty for unlabelled shards)."""
+        return tuple(self.label_flat[self.label_ptr[i]:self.label_ptr[i + 1]].tolist())
 
     def key(self, i: int) -> str:
         """The tar member name of clip ``i``'s audio, e.g. ``000001234.flac``."""
@@ -443,7 +448,9 @@ class ShardSet:
     def _label_set(self) -> ShardLabelSet:
         columns = (self.shard_of.tolist(), self.key_ids.tolist(), self.key_suffix.tolist())
         names = [f"{self._paths[s]}:{k:09d}.{self.suffixes[x]}" for s, k, x in zip(*columns, strict=True)]
-        return ShardLabelSet([LabelledItem(Path(n), lab) for n, lab in zip(names, self.labels, strict=True)],
+        flat, ptr = self.label_flat.tolist(), self.label_ptr.tolist()
+        labels = [tuple(flat[a:b]) for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
+        return ShardLabelSet([LabelledItem(Path(n), lab) for n, lab in zip(names, labels, strict=True)],
                              list(self.classes), self.multi_label, self)
 
     def __getstate__(self) -> dict[str, Any]:  # descriptors do not travel to spawned workers
