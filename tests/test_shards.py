@@ -310,39 +310,57 @@ def test_make_shards_user_errors_are_one_line(tmp_path, capsys):
     assert code == 0 and "--shard-size" in out
 
 
-def test_make_shards_resumes_after_being_killed(tmp_path):
-    manifest = make_corpus(tmp_path, 400, seed=5)
-    args = ("--clips-per-shard", 10, "--workers", 1, "--audio", "flac")
-    assert make_shards(manifest, tmp_path / "clean", *args).returncode == 0
+def _start_writer(manifest: Path, out: Path, *args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools/make_shards.py"), str(manifest),
-                             str(tmp_path / "cut"), *map(str, args)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, str(REPO / "tools/make_shards.py"), str(manifest), str(out),
+                             *map(str, args)], env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_shards(out: Path, count: int) -> None:
     deadline = time.time() + 120
-    while len(list((tmp_path / "cut").glob("shard-*.tar.json"))) < 3 and time.time() < deadline:
+    while len(list(out.glob("shard-*.tar.json"))) < count and time.time() < deadline:
         time.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+@pytest.mark.slow
+def test_make_shards_resumes_after_being_killed_or_interrupted(tmp_path):
+    manifest = make_corpus(tmp_path, 400, seed=5)
+    args = ("--clips-per-shard", 10, "--audio", "flac")
+    assert make_shards(manifest, tmp_path / "clean", *args, "--workers", 1).returncode == 0
+    clean = sorted((tmp_path / "clean").glob("shard-*.tar")) + [tmp_path / "clean" / "index.json"]
+
+    # the whole process group SIGKILLed (what a scheduler does), one writer process
+    proc = _start_writer(manifest, tmp_path / "cut", *args, "--workers", 1)
+    _wait_for_shards(tmp_path / "cut", 3)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(list((tmp_path / "cut").glob("shard-*.tar.json")))
-    assert 3 <= done_before < 40 and not (tmp_path / "cut" / "index.json").exists()
-    out = make_shards(manifest, tmp_path / "cut", *args)
-    assert out.returncode == 0, out.stderr
-    assert f"({done_before} shards kept from an earlier run)" in out.stdout
-    assert not list((tmp_path / "cut").glob("*.partial"))
-    for f in sorted((tmp_path / "clean").glob("shard-*.tar")) + [tmp_path / "clean" / "index.json"]:
-        assert (tmp_path / "cut" / f.name).read_bytes() == f.read_bytes(), f.name
+    proc.communicate()
+    # Ctrl-C (SIGINT to the group) with two writer processes: one line, status 130
+    proc = _start_writer(manifest, tmp_path / "int", *args, "--workers", 2)
+    _wait_for_shards(tmp_path / "int", 3)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: finished shards are kept" in err and "Traceback" not in err
+    # one writer process killed (e.g. by the OOM killer): a one-line error, not a hang
+    proc = _start_writer(manifest, tmp_path / "oom", *args, "--workers", 2)
+    _wait_for_shards(tmp_path / "oom", 2)
+    os.kill(_children(proc.pid)[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "a writer process died" in err and "Traceback" not in err
 
-
-def test_all_finite_is_exact():
-    from eat.data.datasets import all_finite
-
-    x = torch.zeros(1000)
-    assert all_finite(x)
-    for bad in (float("nan"), float("inf"), -float("inf")):
-        y = x.clone()
-        y[500] = bad
-        assert not all_finite(y)
-    assert all_finite(torch.full((10,), 3e38))  # the sum overflows, every sample is finite
+    for name in ("cut", "int", "oom"):
+        before = len(list((tmp_path / name).glob("shard-*.tar.json")))
+        assert 2 <= before < 40 and not (tmp_path / name / "index.json").exists()
+        out = make_shards(manifest, tmp_path / name, *args, "--workers", 2)
+        assert out.returncode == 0, out.stderr
+        assert f"({before} shards kept from an earlier run)" in out.stdout
+        assert not list((tmp_path / name).glob("*.partial"))
+        for f in clean:  # byte-identical to the uninterrupted run
+            assert (tmp_path / name / f.name).read_bytes() == f.read_bytes(), (name, f.name)
 
 
 # ------------------------------------------------------------------------- the recipes, from shards

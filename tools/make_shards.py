@@ -56,6 +56,11 @@ def load_clips(args: argparse.Namespace):
     return clips_from_labels(labels), labels.class_names, labels.multi_label
 
 
+def _close(bars: list[tqdm]) -> None:
+    for bar in bars:
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,12 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the clip order (default 0)")
     ap.add_argument("--no-shuffle", action="store_true", help="keep the input order")
     args = ap.parse_args(argv)
+    bars: list[tqdm] = []  # made at the first report, after the folder's plan was checked
     try:
         target = parse_size(args.shard_size)
         if args.clips_per_shard < 0 or args.workers < 1 or args.sample_rate <= 0:
             raise ValueError("--clips-per-shard must be >= 0, --workers >= 1, --sample-rate > 0")
         clips, classes, multi = load_clips(args)
-        bars: list[tqdm] = []  # made at the first report, after the folder's plan was checked
 
         def progress(done: int, total: int) -> None:
             if not bars:
@@ -88,14 +93,15 @@ def main(argv: list[str] | None = None) -> None:
         result = write_shards(clips, args.out_dir, args.audio, args.sample_rate, target, args.clips_per_shard,
                               args.workers, args.seed, not args.no_shuffle, classes, multi, str(args.source),
                               progress)
-        for bar in bars:
-            bar.close()
     except (ManifestError, ShardError, ValueError, OSError) as e:
+        _close(bars)
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished shards are kept; run the same command again to continue {args.out_dir}",
+        _close(bars)
+        print(f"interrupted: finished shards are kept; run the same command again to continue {args.out_dir}",
               file=sys.stderr)
         sys.exit(130)
+    _close(bars)
     again = f" ({result.resumed_shards} shards kept from an earlier run)" if result.resumed_shards else ""
     print(f"wrote {result.clips} clips in {result.shards} shards to {result.index_path}{again}")
     if result.skipped:

@@ -135,8 +135,9 @@ def shard_name(i: int) -> str:
 
 
 def write_one_shard(out_dir: Path, shard: int, first_key: int, clips: Sequence[Clip], audio: AudioFormat,
-                    sample_rate: int) -> dict[str, Any]:
-    """Write ``shard_name(shard)`` from ``clips`` (keys counted from ``first_key``) and its record.
+                    sample_rate: int, on_clip: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Write ``shard_name(shard)`` from ``clips`` (keys counted from ``first_key``) and its record;
+    ``on_clip()`` is called after each clip (progress).
 
     The tar is written as ``.partial`` and renamed when complete; the record ``<shard>.json`` (what the
     index is made of) follows atomically, so a shard with a record is whole.
@@ -149,6 +150,8 @@ def write_one_shard(out_dir: Path, shard: int, first_key: int, clips: Sequence[C
         for j, clip in enumerate(clips):
             key = f"{first_key + j:09d}"
             got = encode_clip(clip, audio, sample_rate)
+            if on_clip is not None:
+                on_clip()
             if isinstance(got, str):
                 rec["skipped"].append([clip.name, got])
                 continue
@@ -215,14 +218,28 @@ def _clip_list_hash(clips: Sequence[Clip]) -> str:
     return h.hexdigest()
 
 
+_shared: Any = None  # in writer pool processes: (clips written, stop flag), shared with the parent
+
+
+def _count_clip() -> None:
+    done, stop = _shared
+    if stop.value:  # the parent was interrupted: leave this shard unfinished (.partial, redone next run)
+        os._exit(130)
+    with done.get_lock():
+        done.value += 1
+
+
 def _shard_job(args: tuple) -> dict[str, Any]:
-    return write_one_shard(*args)
+    return write_one_shard(*args, on_clip=_count_clip)
 
 
-def _init_writer_process() -> None:
-    """Pool processes: one torch thread each, and Ctrl-C is the parent's to handle (it ends the pool)."""
+def _init_writer_process(done: Any, stop: Any) -> None:
+    """Pool processes: one torch thread each, a shared counter of clips written for the parent's progress
+    line; Ctrl-C is the parent's to handle: it raises the stop flag, and they exit at the next clip."""
+    global _shared
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    _shared = (done, stop)
 
 
 def write_shards(
@@ -243,7 +260,7 @@ def write_shards(
     """Write ``clips`` as tar shards + ``index.json`` under ``out_dir``; resumes a run interrupted there.
 
     ``clips_per_shard`` (0: sized from ``target_bytes``) fixes the cut. ``progress(clips_done, total)``
-    is called as shards complete. Raises :class:`ShardError` when ``out_dir`` holds a plan made with
+    is called as clips are written (at least twice a second with several processes). Raises :class:`ShardError` when ``out_dir`` holds a plan made with
     other settings or clips.
     """
     if audio not in ("flac", "wav", "original"):
@@ -288,20 +305,38 @@ def write_shards(
         progress(done_clips, len(ordered))
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
 
-        with mp.get_context().Pool(min(workers, len(todo)), _init_writer_process) as pool:
-            for rec in pool.imap_unordered(_shard_job, todo):
-                records[int(rec["file"][6:12])] = rec
-                done_clips += len(rec["keys"]) + len(rec["skipped"])
+        ctx = mp.get_context()
+        counter, stop = ctx.Value("q", 0), ctx.Value("b", 0)
+        pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_writer_process, (counter, stop))
+        try:
+            pending = {pool.submit(_shard_job, job) for job in todo}
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    rec = future.result()
+                    records[int(rec["file"][6:12])] = rec
                 if progress:
-                    progress(done_clips, len(ordered))
+                    progress(done_clips + counter.value, len(ordered))
+        except BrokenProcessPool:
+            raise ShardError(f"{out}: a writer process died (killed, or out of memory); finished shards are "
+                             "kept, run the same command again to continue") from None
+        except BaseException:  # e.g. KeyboardInterrupt: stop the writers at their next clip
+            stop.value = 1
+            raise
+        finally:
+            pool.shutdown(wait=stop.value == 1, cancel_futures=True)
     else:
-        for job in todo:
-            rec = _shard_job(job)
-            records[job[1]] = rec
-            done_clips += len(rec["keys"]) + len(rec["skipped"])
+        def one_clip() -> None:
+            nonlocal done_clips
+            done_clips += 1
             if progress:
                 progress(done_clips, len(ordered))
+
+        for job in todo:
+            records[job[1]] = write_one_shard(*job, on_clip=one_clip)
     index = {"version": FORMAT_VERSION, "audio": audio, "sample_rate": sample_rate, "source": source,
              "classes": settings["classes"], "multi_label": multi_label, "shards": [], "skipped": []}
     for s in range(n_shards):
