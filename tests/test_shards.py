@@ -112,6 +112,9 @@ def unbroken(big) -> dict[int, list[list[int]]]:
 def test_every_clip_exactly_once_per_epoch_over_2_ranks_x_2_workers(big, unbroken):
     _, shards = big
     assert len(shards) == 20_000 and len(shards.files) == 40
+    index = json.loads(shards.index_path.read_text())
+    assert [sh["clips"] for sh in index["shards"]] == [500] * 40 and index["clips"] == 20_000
+    assert [sh["samples"] for sh in index["shards"]] == [500 * 800] * 40 and int(shards.samples.sum()) == 16_000_000
     assert [len(b) for b in unbroken[0]] == [len(b) for b in unbroken[1]] == [50] * 200  # equal steps per rank
     seen = sorted(i for rank in (0, 1) for b in unbroken[rank] for i in b)
     assert seen == list(range(20_000))
@@ -352,8 +355,11 @@ def test_make_shards_resumes_after_being_killed_or_interrupted(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "a writer process died" in err and "Traceback" not in err
 
+    record = sorted((tmp_path / "cut").glob("shard-*.tar.json"))[0]
+    record.write_text(record.read_text()[:20])  # a record cut short by a crash: that shard is written again
+
     for name in ("cut", "int", "oom"):
-        before = len(list((tmp_path / name).glob("shard-*.tar.json")))
+        before = len(list((tmp_path / name).glob("shard-*.tar.json"))) - (name == "cut")
         assert 2 <= before < 40 and not (tmp_path / name / "index.json").exists()
         out = make_shards(manifest, tmp_path / name, *args, "--workers", 2)
         assert out.returncode == 0, out.stderr

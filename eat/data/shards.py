@@ -5,7 +5,7 @@ with the same key (the WebDataset convention, so other tools can read the shards
 ``<key>.flac`` (or ``.wav``, or the source file's own bytes and suffix) and ``<key>.json``
 (``{"source": relative path, "samples": n, "labels": [...]}``). The index lists, per shard, its clip
 count, total samples and, per clip, the byte offset and size of the audio member's data, the samples at
-the stored rate and the labels; the loader reads it instead of scanning the tars. Clip ``i`` of the set
+the stored rate (``clip_samples``) and the labels; the loader reads it instead of scanning the tars. Clip ``i`` of the set
 is the ``i``-th clip in index order (shard by shard), and that number keys its randomness exactly as a
 manifest index does for the file loader (:func:`eat.data.datasets.sample_generator`).
 
@@ -294,8 +294,11 @@ def write_shards(
     for s in range(n_shards):
         rec_path = out / f"{shard_name(s)}.json"
         if rec_path.is_file() and (out / shard_name(s)).is_file():
-            rec = _read_json(rec_path)
-            if rec.get("bytes") == (out / shard_name(s)).stat().st_size:
+            try:
+                rec = _read_json(rec_path)
+            except ShardError:  # e.g. cut short by a crash: write the shard again
+                continue
+            if isinstance(rec, dict) and rec.get("bytes") == (out / shard_name(s)).stat().st_size:
                 records[s] = rec
     resumed = len(records)
     todo = [(out, s, s * per, ordered[s * per:(s + 1) * per], audio, sample_rate)
@@ -345,8 +348,8 @@ def write_shards(
         if not rec["keys"]:
             continue
         index["shards"].append({"file": rec["file"], "clips": len(rec["keys"]), "samples": sum(rec["samples"]),
-                                "bytes": rec["bytes"], **{k: rec[k] for k in ("keys", "offsets", "sizes", "samples",
-                                                                               "labels")}})
+                                "bytes": rec["bytes"], "keys": rec["keys"], "offsets": rec["offsets"],
+                                "sizes": rec["sizes"], "clip_samples": rec["samples"], "labels": rec["labels"]})
     index["clips"] = sum(sh["clips"] for sh in index["shards"])
     if not index["clips"]:
         raise ShardError(f"none of the {len(clips)} clips could be read (first: {index['skipped'][0]})")
@@ -403,7 +406,7 @@ class ShardSet:
             self.shard_of = np.repeat(np.arange(len(shards), dtype=np.int32), self.shard_clips)
             self.offsets = np.concatenate([np.asarray(sh["offsets"], dtype=np.int64) for sh in shards])
             self.sizes = np.concatenate([np.asarray(sh["sizes"], dtype=np.int64) for sh in shards])
-            self.samples = np.concatenate([np.asarray(sh["samples"], dtype=np.int64) for sh in shards])
+            self.samples = np.concatenate([np.asarray(sh["clip_samples"], dtype=np.int64) for sh in shards])
             keys = [k.split(".", 1) for sh in shards for k in sh["keys"]]
             self.suffixes = sorted({suffix for _, suffix in keys})
             code = {suffix: j for j, suffix in enumerate(self.suffixes)}
