@@ -467,3 +467,16 @@ def test_bad_index_is_one_clear_error(small, tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({"version": 99}))
     with pytest.raises(ShardError, match="make_shards"):
         ShardSet(tmp_path)
+
+
+def test_bench_shards_runs_and_reports_every_source(tmp_path, capsys):
+    from tools.bench_shards import main
+
+    main(["--clips", "8", "--seconds", "0.5", "--batch", "4", "--target-length", "48", "--json",
+          str(tmp_path / "b.json")])
+    result = json.loads((tmp_path / "b.json").read_text())
+    rows = {(r["source"], r["mode"], r["cache"]) for r in result["loader"]}
+    assert len(rows) == 16 and all(r["clips_per_cpu_s"] > 0 for r in result["loader"])
+    assert {"own_reader_pread", "tarfile_stream", "files_flac_same_order"} <= set(result["read_decode_only"])
+    with pytest.raises(SystemExit, match="--clips must be"):
+        main(["--clips", "2", "--batch", "4"])
