@@ -394,29 +394,43 @@ def _metrics(out: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_pretraining_from_shards_resumes_exactly(tmp_path, restore_threads):
-    recipe = _load_script("pretrain_as2m", REPO / "recipes" / "pretrain_as2m.py")
-    manifest = make_corpus(tmp_path, 18, length=16000, seed=6)
-    write_shards(clips_from_manifest(manifest), tmp_path / "sh", clips_per_shard=5)
+def test_pretraining_from_shards_on_two_ranks_resumes_exactly(tmp_path):
+    """torchrun, 2 CPU ranks: stopped at step 3 and resumed (with another worker count), steps 4-8 (across
+    the epoch boundary: 20 clips per rank, batch 4) have bitwise the losses of the unbroken run."""
+    manifest = make_corpus(tmp_path, 40, length=16000, seed=6)
+    write_shards(clips_from_manifest(manifest), tmp_path / "sh", clips_per_shard=7)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
     def run(out: Path, *extra: str) -> None:
-        args = ["--config", str(REPO / "recipes/configs/tiny.yaml"), "data.format=shards",
-                f"data.train_shards={tmp_path / 'sh'}", f"train.out_dir={out}", "train.log_every=1",
-                "train.tensorboard=false", "train.keep_last=0", "train.cpu_threads=1", "train.max_steps=6",
-                "data.shard_window=7", "model.encoder.target_length=96", *extra]
-        with pytest.raises(SystemExit) as e:
-            recipe.main(args)
-        assert e.value.code == 0
+        cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(REPO / "recipes" / "pretrain_as2m.py"),
+               "--config", str(REPO / "recipes/configs/tiny.yaml"), "data.format=shards",
+               f"data.train_shards={tmp_path / 'sh'}", f"train.out_dir={out}", "train.log_every=1",
+               "train.tensorboard=false", "train.keep_last=0", "train.cpu_threads=1", "train.max_steps=8",
+               "data.shard_window=9", "model.encoder.target_length=96", *extra]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
-    run(tmp_path / "a", "train.save_every=3")  # 18 clips, batch 4: 4 steps per epoch, so step 6 is in epoch 1
+    run(tmp_path / "a", "train.save_every=3")
     run(tmp_path / "b", "data.num_workers=2", "--resume", str(tmp_path / "a" / "step_000003"))
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
-    assert sorted(a) == [1, 2, 3, 4, 5, 6] and sorted(b) == [4, 5, 6]
-    assert [b[s] for s in (4, 5, 6)] == [a[s] for s in (4, 5, 6)]  # bitwise: same clips, masks and crops
-    rank = torch.load(tmp_path / "a" / "step_000003" / "rank_00000.pt", weights_only=True)
-    assert rank["data"]["consumed"] == 12 and rank["data"]["shards"] == 4
+    assert sorted(a) == list(range(1, 9)) and sorted(b) == [4, 5, 6, 7, 8]
+    assert [b[s] for s in b] == [a[s] for s in b]  # bitwise: same clips, masks and crops on both ranks
+    for rank in (0, 1):
+        state = torch.load(tmp_path / "a" / "step_000003" / f"rank_{rank:05d}.pt", weights_only=True)["data"]
+        assert state["consumed"] == 12 and state["num_replicas"] == 2 and state["shards"] == 6
+
+
+def test_pretraining_config_errors_for_shards(tmp_path, restore_threads):
+    recipe = _load_script("pretrain_as2m", REPO / "recipes" / "pretrain_as2m.py")
+    tiny = str(REPO / "recipes/configs/tiny.yaml")
     with pytest.raises(SystemExit, match="data.train_shards is not set"):
-        recipe.main(["--config", str(REPO / "recipes/configs/tiny.yaml"), "data.format=shards"])
+        recipe.main(["--config", tiny, "data.format=shards"])
+    with pytest.raises(SystemExit, match="training shards not found"):
+        recipe.main(["--config", tiny, "data.format=shards", f"data.train_shards={tmp_path / 'nope'}"])
+    with pytest.raises(SystemExit, match="index.json: file not found"):
+        recipe.main(["--config", tiny, "data.format=shards", f"data.train_shards={tmp_path}",
+                     f"train.out_dir={tmp_path / 'o'}"])
 
 
 @pytest.mark.slow
