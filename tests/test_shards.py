@@ -453,6 +453,16 @@ def test_finetuning_from_shards(tmp_path, restore_threads, capsys):
     summary = json.loads((out / "generic_summary.json").read_text())
     assert summary["last"]["step"] == 5 and 0.0 <= summary["last"][summary["metric"]] <= 1.0
     assert summary["config"]["data"]["format"] == "shards"
+    # class-weighted epochs (AS-2M style) draw from the shards too; a weights file in manifest order is refused
+    weighted = ["data.weighted_sampling=true", "data.epoch_samples=12", f"--out={tmp_path / 'w'}"]
+    base = ["--task", "generic", "--preset", "tiny", "data.format=shards", f"data.train={tmp_path / 'sh_train'}",
+            f"data.valid={tmp_path / 'sh_valid'}", "data.frontend.target_length=96", "data.batch_size=4",
+            "data.num_workers=0", "train.max_steps=2", "train.tensorboard=false", "train.cpu_threads=1"]
+    recipe.main(base + weighted)
+    assert json.loads((tmp_path / "w" / "generic_summary.json").read_text())["last"]["step"] == 2
+    (tmp_path / "weights.csv").write_text("1\n" * 16)
+    with pytest.raises(SystemExit, match="data.sample_weights lists weights in the original clip order"):
+        recipe.main(base + weighted + [f"data.sample_weights={tmp_path / 'weights.csv'}", f"--out={tmp_path / 'w2'}"])
 
 
 def test_open_shards_are_capped(small, monkeypatch):

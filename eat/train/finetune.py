@@ -368,6 +368,9 @@ def build_loaders(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet,
     if data.weighted_sampling:
         if data.epoch_samples <= 0:
             raise ConfigError("data.epoch_samples must be positive with data.weighted_sampling")
+        if data.sample_weights and data.format == "shards":
+            raise ConfigError("data.sample_weights lists weights in the original clip order, which make_shards "
+                              "shuffled; leave it empty with data.format=shards (weights then come from the labels)")
         weights = (read_weights(data.sample_weights, len(train_set)) if data.sample_weights
                    else class_balanced_weights(train_set.items, train_set.num_classes))
         sampler = WeightedSampler(weights, data.epoch_samples, env.world_size, env.rank, seed)
