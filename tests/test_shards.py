@@ -19,7 +19,7 @@ import torch
 from eat.audio.fbank import FrontendConfig
 from eat.audio.io import load_audio
 from eat.data import BadDataError, read_path_label_csv
-from eat.data.manifest import write_manifest
+from eat.data.manifest import ManifestError, write_manifest
 from eat.data.shards import (
     ShardError,
     ShardLabelledDataset,
@@ -257,26 +257,27 @@ def test_parse_size():
 # ------------------------------------------------------------------------------------ the CLI
 
 
-def make_shards(*args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "tools/make_shards.py"), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=300, **kw)
+def _cmd(tool: str, *args) -> list[str]:
+    return [sys.executable, str(REPO / tool), *map(str, args)]
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run tools/make_shards.py's main in this process: (exit status, stdout, stderr)."""
-    from tools.make_shards import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (print(e.code, file=sys.stderr) or 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def test_make_shards_skips_and_lists_bad_files(tmp_path, capsys):
+def make_shards(*args) -> subprocess.CompletedProcess:
+    """tools/make_shards.py as the user runs it."""
+    return subprocess.run(_cmd("tools/make_shards.py", *args), env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def run_all(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """Run independent commands at once (each process mostly imports torch) and wait for all."""
+    procs = [subprocess.Popen(c, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [subprocess.CompletedProcess(c, p.returncode, o, e) for c, p, (o, e) in zip(commands, procs, outs,
+                                                                                         strict=True)]
+
+
+def test_make_shards_skips_and_lists_bad_files(tmp_path):
     manifest = make_corpus(tmp_path, 12, seed=3)
     wav = tmp_path / "wav"
     good = (wav / "c00000.wav").read_bytes()
@@ -285,39 +286,37 @@ def test_make_shards_skips_and_lists_bad_files(tmp_path, capsys):
     (wav / "c00003.wav").write_bytes(b"FAKE" + good[4:])  # wrong header
     (wav / "c00004.wav").write_bytes(b"")  # empty
     (wav / "c00005.wav").unlink()  # missing
-    code, out, err = cli(capsys, manifest, tmp_path / "sh", "--clips-per-shard", 5, "--workers", 2)
-    assert code == 0, err
-    assert "wrote 8 clips in 3 shards" in out
-    assert "4 unreadable clip(s) left out" in err
+    out = make_shards(manifest, tmp_path / "sh", "--clips-per-shard", 5, "--workers", 2)
+    assert out.returncode == 0, out.stderr
+    assert "wrote 8 clips in 3 shards" in out.stdout
+    assert "4 unreadable clip(s) left out" in out.stderr
     for name in ("c00002.wav", "c00003.wav", "c00004.wav", "c00005.wav"):
-        assert name in err
+        assert name in out.stderr
     shards = ShardSet(tmp_path / "sh")
     assert len(shards) == 8 and len(shards.skipped_when_written) == 4
     assert "c00001.wav" in source_of(shards)
 
 
-def test_make_shards_user_errors_are_one_line(tmp_path, capsys):
+def test_make_shards_user_errors_are_one_line(tmp_path):
     manifest = make_corpus(tmp_path, 3, seed=4)
-    code, _, err = cli(capsys, tmp_path / "nope.tsv", tmp_path / "sh")
-    assert code != 0 and err.count("\n") == 1 and "nope.tsv" in err
-    assert cli(capsys, manifest, tmp_path / "sh", "--clips-per-shard", 2)[0] == 0
-    code, _, err = cli(capsys, manifest, tmp_path / "sh", "--audio", "wav")
-    assert code != 0 and err.count("\n") == 1 and "'flac' -> 'wav'" in err
-    code, _, err = cli(capsys, tmp_path / "x.json", tmp_path / "sh3")
-    assert code != 0 and err.count("\n") == 1 and "--class-csv" in err
+    tool = "tools/make_shards.py"
+    missing, ast_json, good, helped = run_all(
+        _cmd(tool, tmp_path / "nope.tsv", tmp_path / "a"), _cmd(tool, tmp_path / "x.json", tmp_path / "b"),
+        _cmd(tool, manifest, tmp_path / "sh", "--clips-per-shard", 2), _cmd(tool, "--help"))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope.tsv" in missing.stderr
+    assert ast_json.returncode == 1 and ast_json.stderr.count("\n") == 1 and "--class-csv" in ast_json.stderr
+    assert good.returncode == 0, good.stderr
+    assert helped.returncode == 0 and "--shard-size" in helped.stdout
     for path in (tmp_path / "wav").iterdir():
         path.write_bytes(b"junk")
-    code, _, err = cli(capsys, manifest, tmp_path / "sh2")
-    assert code != 0 and "could be read" in err and err.count("\n") == 1
-    code, out, _ = cli(capsys, "--help")
-    assert code == 0 and "--shard-size" in out
+    other, junk = run_all(_cmd(tool, manifest, tmp_path / "sh", "--audio", "wav"), _cmd(tool, manifest, tmp_path / "c"))
+    assert other.returncode == 1 and other.stderr.count("\n") == 1 and "'flac' -> 'wav'" in other.stderr
+    assert junk.returncode == 1 and junk.stderr.count("\n") == 1 and "could be read" in junk.stderr
 
 
 def _start_writer(manifest: Path, out: Path, *args) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, str(REPO / "tools/make_shards.py"), str(manifest), str(out),
-                             *map(str, args)], env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(_cmd("tools/make_shards.py", manifest, out, *args), env=ENV, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_shards(out: Path, count: int) -> None:
@@ -372,22 +371,6 @@ def test_make_shards_resumes_after_being_killed_or_interrupted(tmp_path):
 # ------------------------------------------------------------------------- the recipes, from shards
 
 
-def _load_script(name: str, path: Path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = sys.modules.setdefault(name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def _metrics(out: Path) -> dict[int, float]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"}
@@ -421,48 +404,52 @@ def test_pretraining_from_shards_on_two_ranks_resumes_exactly(tmp_path):
         assert state["consumed"] == 12 and state["num_replicas"] == 2 and state["shards"] == 6
 
 
-def test_pretraining_config_errors_for_shards(tmp_path, restore_threads):
-    recipe = _load_script("pretrain_as2m", REPO / "recipes" / "pretrain_as2m.py")
-    tiny = str(REPO / "recipes/configs/tiny.yaml")
-    with pytest.raises(SystemExit, match="data.train_shards is not set"):
-        recipe.main(["--config", tiny, "data.format=shards"])
-    with pytest.raises(SystemExit, match="training shards not found"):
-        recipe.main(["--config", tiny, "data.format=shards", f"data.train_shards={tmp_path / 'nope'}"])
-    with pytest.raises(SystemExit, match="index.json: file not found"):
-        recipe.main(["--config", tiny, "data.format=shards", f"data.train_shards={tmp_path}",
-                     f"train.out_dir={tmp_path / 'o'}"])
+def test_pretraining_config_errors_for_shards(tmp_path):
+    from eat.config import ConfigError, load_config
+    from eat.train.pretrain import PretrainConfig, run
+
+    def config(*overrides: str) -> PretrainConfig:
+        return load_config(PretrainConfig, REPO / "recipes/configs/tiny.yaml",
+                           ["data.format=shards", f"train.out_dir={tmp_path / 'o'}", "train.device=cpu", *overrides])
+
+    with pytest.raises(ConfigError, match="data.train_shards is not set"):
+        run(config())
+    with pytest.raises(ManifestError, match="training shards not found"):
+        run(config(f"data.train_shards={tmp_path / 'nope'}"))
+    with pytest.raises(ShardError, match="index.json: file not found"):
+        run(config(f"data.train_shards={tmp_path}"))
 
 
 @pytest.mark.slow
-def test_finetuning_from_shards(tmp_path, restore_threads, capsys):
-    recipe = _load_script("finetune_recipe", REPO / "recipes" / "finetune.py")
+def test_finetuning_from_shards(tmp_path):
     make_corpus(tmp_path, 24, length=16000, seed=7)
-    rows = "".join(f"wav/c{i:05d}.wav,{['dog', 'cat'][i % 2]}\n" for i in range(24))
-    (tmp_path / "train.csv").write_text(rows[: rows.index("c00016")].rsplit("\n", 1)[0] + "\n")
-    (tmp_path / "valid.csv").write_text("".join(rows.splitlines(keepends=True)[16:]))
-    assert cli(capsys, tmp_path / "train.csv", tmp_path / "sh_train", "--clips-per-shard", 5)[0] == 0
-    code, _, err = cli(capsys, tmp_path / "valid.csv", tmp_path / "sh_valid", "--classes-from", tmp_path / "sh_train")
-    assert code == 0, err
-    out = tmp_path / "ft"
-    recipe.main(["--task", "generic", "--preset", "tiny", "--out", str(out), "data.format=shards",
-                 f"data.train={tmp_path / 'sh_train'}", f"data.valid={tmp_path / 'sh_valid'}",
-                 "data.frontend.target_length=96", "data.batch_size=4", "data.num_workers=1", "train.max_steps=5",
-                 "train.log_every=1", "train.tensorboard=false", "train.cpu_threads=1", "data.shard_window=3"])
-    text = capsys.readouterr().out
-    assert "generic: 2 classes (single-label), train 16 clips, evaluate 8" in text
-    summary = json.loads((out / "generic_summary.json").read_text())
-    assert summary["last"]["step"] == 5 and 0.0 <= summary["last"][summary["metric"]] <= 1.0
-    assert summary["config"]["data"]["format"] == "shards"
-    # class-weighted epochs (AS-2M style) draw from the shards too; a weights file in manifest order is refused
-    weighted = ["data.weighted_sampling=true", "data.epoch_samples=12", f"--out={tmp_path / 'w'}"]
+    rows = [f"wav/c{i:05d}.wav,{['dog', 'cat'][i % 2]}\n" for i in range(24)]
+    (tmp_path / "train.csv").write_text("".join(rows[:16]))
+    (tmp_path / "valid.csv").write_text("".join(rows[16:]))
+    made = make_shards(tmp_path / "train.csv", tmp_path / "sh_train", "--clips-per-shard", 5)
+    assert made.returncode == 0, made.stderr
+    made = make_shards(tmp_path / "valid.csv", tmp_path / "sh_valid", "--classes-from", tmp_path / "sh_train")
+    assert made.returncode == 0, made.stderr
     base = ["--task", "generic", "--preset", "tiny", "data.format=shards", f"data.train={tmp_path / 'sh_train'}",
             f"data.valid={tmp_path / 'sh_valid'}", "data.frontend.target_length=96", "data.batch_size=4",
-            "data.num_workers=0", "train.max_steps=2", "train.tensorboard=false", "train.cpu_threads=1"]
-    recipe.main(base + weighted)
-    assert json.loads((tmp_path / "w" / "generic_summary.json").read_text())["last"]["step"] == 2
+            "train.tensorboard=false", "train.cpu_threads=1", "data.shard_window=3"]
+    # shuffled epochs; class-weighted epochs (AS-2M style); a weights file in manifest order is refused
+    weighted = ["data.weighted_sampling=true", "data.epoch_samples=12", "train.max_steps=2", "data.num_workers=0"]
     (tmp_path / "weights.csv").write_text("1\n" * 16)
-    with pytest.raises(SystemExit, match="data.sample_weights lists weights in the original clip order"):
-        recipe.main(base + weighted + [f"data.sample_weights={tmp_path / 'weights.csv'}", f"--out={tmp_path / 'w2'}"])
+    recipe = "recipes/finetune.py"
+    plain, sampled, refused = run_all(
+        _cmd(recipe, *base, "--out", tmp_path / "ft", "data.num_workers=1", "train.max_steps=5", "train.log_every=1"),
+        _cmd(recipe, *base, *weighted, "--out", tmp_path / "w"),
+        _cmd(recipe, *base, *weighted, "--out", tmp_path / "w2", f"data.sample_weights={tmp_path / 'weights.csv'}"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "generic: 2 classes (single-label), train 16 clips, evaluate 8" in plain.stdout
+    summary = json.loads((tmp_path / "ft" / "generic_summary.json").read_text())
+    assert summary["last"]["step"] == 5 and 0.0 <= summary["last"][summary["metric"]] <= 1.0
+    assert summary["config"]["data"]["format"] == "shards"
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert json.loads((tmp_path / "w" / "generic_summary.json").read_text())["last"]["step"] == 2
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "data.sample_weights lists weights in the original clip order" in refused.stderr
 
 
 def test_open_shards_are_capped(small, monkeypatch):
@@ -493,14 +480,14 @@ def test_bad_index_is_one_clear_error(small, tmp_path):
         ShardSet(tmp_path)
 
 
-def test_bench_shards_runs_and_reports_every_source(tmp_path, capsys):
-    from tools.bench_shards import main
-
-    main(["--clips", "8", "--seconds", "0.5", "--batch", "4", "--target-length", "48", "--json",
-          str(tmp_path / "b.json")])
+def test_bench_shards_runs_and_reports_every_source(tmp_path):
+    ran, refused = run_all(
+        _cmd("tools/bench_shards.py", "--clips", 8, "--seconds", 0.5, "--batch", 4, "--target-length", 48, "--json",
+             tmp_path / "b.json"),
+        _cmd("tools/bench_shards.py", "--clips", 2, "--batch", 4))
+    assert ran.returncode == 0, ran.stderr[-3000:]
     result = json.loads((tmp_path / "b.json").read_text())
     rows = {(r["source"], r["mode"], r["cache"]) for r in result["loader"]}
     assert len(rows) == 16 and all(r["clips_per_cpu_s"] > 0 for r in result["loader"])
     assert {"own_reader_pread", "tarfile_stream", "files_flac_same_order"} <= set(result["read_decode_only"])
-    with pytest.raises(SystemExit, match="--clips must be"):
-        main(["--clips", "2", "--batch", "4"])
+    assert refused.returncode == 1 and "--clips must be" in refused.stderr
