@@ -281,20 +281,20 @@ def test_make_shards_skips_and_lists_bad_files(tmp_path):
     manifest = make_corpus(tmp_path, 12, seed=3)
     wav = tmp_path / "wav"
     good = (wav / "c00000.wav").read_bytes()
-    (wav / "c00001.wav").write_bytes(good[: len(good) // 3])  # truncated: fewer samples, still decodes
+    (wav / "c00001.wav").write_bytes(good[: len(good) // 3])  # truncated (the header promises more)
     (wav / "c00002.wav").write_bytes(np.random.default_rng(1).bytes(2000))  # random bytes
     (wav / "c00003.wav").write_bytes(b"FAKE" + good[4:])  # wrong header
     (wav / "c00004.wav").write_bytes(b"")  # empty
     (wav / "c00005.wav").unlink()  # missing
     out = make_shards(manifest, tmp_path / "sh", "--clips-per-shard", 5, "--workers", 2)
     assert out.returncode == 0, out.stderr
-    assert "wrote 8 clips in 3 shards" in out.stdout
-    assert "4 unreadable clip(s) left out" in out.stderr
-    for name in ("c00002.wav", "c00003.wav", "c00004.wav", "c00005.wav"):
+    assert "wrote 7 clips in 3 shards" in out.stdout
+    assert "5 unreadable clip(s) left out" in out.stderr and "truncated" in out.stderr
+    for name in ("c00001.wav", "c00002.wav", "c00003.wav", "c00004.wav", "c00005.wav"):
         assert name in out.stderr
     shards = ShardSet(tmp_path / "sh")
-    assert len(shards) == 8 and len(shards.skipped_when_written) == 4
-    assert "c00001.wav" in source_of(shards)
+    assert len(shards) == 7 and len(shards.skipped_when_written) == 5
+    assert sorted(source_of(shards)) == [f"c{i:05d}.wav" for i in (0, 6, 7, 8, 9, 10, 11)]
 
 
 def test_make_shards_user_errors_are_one_line(tmp_path):
@@ -346,7 +346,7 @@ def test_make_shards_resumes_after_being_killed_or_interrupted(tmp_path):
     _wait_for_shards(tmp_path / "int", 3)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted: finished shards are kept" in err and "Traceback" not in err
+    assert proc.returncode == 130 and "error: interrupted; finished shards are kept" in err and "Traceback" not in err
     # one writer process killed (e.g. by the OOM killer): a one-line error, not a hang
     proc = _start_writer(manifest, tmp_path / "oom", *args, "--workers", 2)
     _wait_for_shards(tmp_path / "oom", 2)

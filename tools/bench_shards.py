@@ -37,6 +37,7 @@ import soundfile
 import torch
 
 from eat.audio.fbank import FrontendConfig, waveform_to_input
+from eat.cli import UsageError, cli_main
 from eat.data import MaskConfig, PretrainDataset, ResumableDistributedSampler, build_loader
 from eat.data.manifest import write_manifest
 from eat.data.shards import (
@@ -178,6 +179,7 @@ def read_only(root: Path, window: int) -> dict:
     return out
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     if args.clips < args.batch or args.seconds <= 0:
-        sys.exit("error: --clips must be >= --batch and --seconds > 0")
+        raise UsageError("--clips must be >= --batch and --seconds > 0")
     torch.set_num_threads(1)
     frontend = FrontendConfig(target_length=args.target_length)
     mask = MaskConfig()

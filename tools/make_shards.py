@@ -22,9 +22,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from eat.cli import UsageError, cli_main
 from eat.data.manifest import ManifestError, read_ast_json, read_eat_labels, read_path_label_csv
 from eat.data.shards import (
-    ShardError,
     ShardSet,
     clips_from_labels,
     clips_from_manifest,
@@ -61,6 +61,7 @@ def _close(bars: list[tqdm]) -> None:
         bar.close()
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,29 +80,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-shuffle", action="store_true", help="keep the input order")
     args = ap.parse_args(argv)
     bars: list[tqdm] = []  # made at the first report, after the folder's plan was checked
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="clip", desc="sharding", smoothing=0.1))
+        bars[0].update(done - bars[0].n)
+
+    if args.clips_per_shard < 0 or args.workers < 1 or args.sample_rate <= 0:
+        raise UsageError("--clips-per-shard must be >= 0, --workers >= 1, --sample-rate > 0")
+    target = parse_size(args.shard_size)
+    clips, classes, multi = load_clips(args)
     try:
-        target = parse_size(args.shard_size)
-        if args.clips_per_shard < 0 or args.workers < 1 or args.sample_rate <= 0:
-            raise ValueError("--clips-per-shard must be >= 0, --workers >= 1, --sample-rate > 0")
-        clips, classes, multi = load_clips(args)
-
-        def progress(done: int, total: int) -> None:
-            if not bars:
-                bars.append(tqdm(total=total, unit="clip", desc="sharding", smoothing=0.1))
-            bars[0].update(done - bars[0].n)
-
         result = write_shards(clips, args.out_dir, args.audio, args.sample_rate, target, args.clips_per_shard,
                               args.workers, args.seed, not args.no_shuffle, classes, multi, str(args.source),
                               progress)
-    except (ManifestError, ShardError, ValueError, OSError) as e:
-        _close(bars)
-        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         _close(bars)
-        print(f"interrupted: finished shards are kept; run the same command again to continue {args.out_dir}",
-              file=sys.stderr)
+        print(f"error: interrupted; finished shards are kept, run the same command again to continue "
+              f"{args.out_dir}", file=sys.stderr)
         sys.exit(130)
-    _close(bars)
+    finally:
+        _close(bars)
     again = f" ({result.resumed_shards} shards kept from an earlier run)" if result.resumed_shards else ""
     print(f"wrote {result.clips} clips in {result.shards} shards to {result.index_path}{again}")
     if result.skipped:
