@@ -13,10 +13,12 @@ probe's embedding step and the HEAR API go through these.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -42,17 +44,30 @@ def load_audio_with_rate(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     promises more frames than the file holds (truncated), no samples, and non-finite (NaN/inf) samples.
     """
     p = _check_file(path)
-    header = wav_data_frames(p)
+    return _decode(str(p), path, wav_data_frames(p))
+
+
+def decode_audio_bytes(data: bytes, name: str, sample_rate: int | None = 16000) -> torch.Tensor:
+    """:func:`load_audio` for an encoded file held in memory (e.g. a tar member), with the same refusals;
+    ``name`` is what the errors call it."""
+    if not data:
+        raise AudioError(name, "empty file (0 bytes)")
+    wave, sr = _decode(io.BytesIO(data), name, _wav_frames(io.BytesIO(data), len(data)))
+    return wave if sample_rate is None or sr == sample_rate else resample(wave, sr, sample_rate)
+
+
+def _decode(source: str | io.BytesIO, name: str | os.PathLike,
+            header: tuple[int, int] | None) -> tuple[torch.Tensor, int]:
     try:
-        data, sr = soundfile.read(str(p), dtype="float32", always_2d=True)
+        data, sr = soundfile.read(source, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile reports every decoding problem through a handful of types
-        raise AudioError(path, f"cannot decode ({_first_line(e)})") from None
+        raise AudioError(name, f"cannot decode ({_first_line(e)})") from None
     if header is not None and header[0] > data.shape[0]:
-        raise AudioError(path, f"truncated: the header promises {header[0]} frames, the file holds {data.shape[0]}")
+        raise AudioError(name, f"truncated: the header promises {header[0]} frames, the file holds {data.shape[0]}")
     if data.shape[0] == 0:
-        raise AudioError(path, "no samples after decoding")
+        raise AudioError(name, "no samples after decoding")
     if not np.isfinite(data).all():
-        raise AudioError(path, "non-finite samples (NaN or inf)")
+        raise AudioError(name, "non-finite samples (NaN or inf)")
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(mono)), int(sr)
 
@@ -79,31 +94,35 @@ def wav_data_frames(path: str | os.PathLike) -> tuple[int, int] | None:
     pipe). libsndfile silently shortens a truncated WAV to what is present; this is how it is noticed."""
     try:
         with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return None
-            size = os.fstat(f.fileno()).st_size
-            block = 0
-            while True:
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    return None
-                cid, n = chunk[:4], int.from_bytes(chunk[4:], "little")
-                if cid == b"fmt ":
-                    fmt = f.read(min(n, 16))
-                    if len(fmt) < 14:
-                        return None
-                    block = int.from_bytes(fmt[12:14], "little")
-                    f.seek(n - len(fmt) + (n & 1), os.SEEK_CUR)
-                elif cid == b"data":
-                    if block <= 0 or n in (0, 0xFFFFFFFF):
-                        return None
-                    present = size - f.tell()
-                    return n // block, max(present, 0) // block
-                else:
-                    f.seek(n + (n & 1), os.SEEK_CUR)
+            return _wav_frames(f, os.fstat(f.fileno()).st_size)
     except OSError:
         return None
+
+
+def _wav_frames(f: BinaryIO, size: int) -> tuple[int, int] | None:
+    """:func:`wav_data_frames` of an open binary file (or an in-memory one) of ``size`` bytes."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block = 0
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return None
+        cid, n = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if cid == b"fmt ":
+            fmt = f.read(min(n, 16))
+            if len(fmt) < 14:
+                return None
+            block = int.from_bytes(fmt[12:14], "little")
+            f.seek(n - len(fmt) + (n & 1), os.SEEK_CUR)
+        elif cid == b"data":
+            if block <= 0 or n in (0, 0xFFFFFFFF):
+                return None
+            present = size - f.tell()
+            return n // block, max(present, 0) // block
+        else:
+            f.seek(n + (n & 1), os.SEEK_CUR)
 
 
 def _check_file(path: str | os.PathLike) -> Path:

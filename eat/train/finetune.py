@@ -33,7 +33,6 @@ from eat.audio.augment import AugmentConfig, augment_batch, augment_waveform, mi
 from eat.audio.fbank import FrontendConfig
 from eat.config import ConfigError, to_dict
 from eat.data.batch import Batch, model_input
-from eat.data.datasets import LabelledDataset
 from eat.data.loaders import (
     ResumableDistributedSampler,
     SkippingLoader,
@@ -42,6 +41,7 @@ from eat.data.loaders import (
     class_balanced_weights,
 )
 from eat.data.manifest import LabelSet
+from eat.data.shards import ShardLabelledDataset, ShardSampler, labelled_dataset
 from eat.eval.metrics import accuracy, multilabel_summary
 from eat.model.classifier import Classifier, ClassifierConfig, PatchoutConfig, classifier_config
 from eat.model.imagenet_init import from_imagenet_vit
@@ -363,23 +363,28 @@ def build_loaders(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet,
     if aug.roll or aug.gain != "none":
         wave_tf = functools.partial(_wave_transform, cfg=aug)
     on_device = data.fbank_on_device or aug.wave_mixup_prob > 0
-    train_ds = LabelledDataset.from_labels(train_set, data.frontend, wave_transform=wave_tf, train=True,
-                                           return_waveform=on_device, seed=seed,
-                                           max_bad_fraction=data.max_bad_fraction)
+    train_ds = labelled_dataset(train_set, data.frontend, wave_transform=wave_tf, train=True,
+                                return_waveform=on_device, seed=seed, max_bad_fraction=data.max_bad_fraction)
     if data.weighted_sampling:
         if data.epoch_samples <= 0:
             raise ConfigError("data.epoch_samples must be positive with data.weighted_sampling")
+        if data.sample_weights and data.format == "shards":
+            raise ConfigError("data.sample_weights lists weights in the original clip order, which make_shards "
+                              "shuffled; leave it empty with data.format=shards (weights then come from the labels)")
         weights = (read_weights(data.sample_weights, len(train_set)) if data.sample_weights
                    else class_balanced_weights(train_set.items, train_set.num_classes))
         sampler = WeightedSampler(weights, data.epoch_samples, env.world_size, env.rank, seed)
+    elif isinstance(train_ds, ShardLabelledDataset):  # shard-local order, see eat.data.shards
+        sampler = ShardSampler(train_ds.shards, env.world_size, env.rank, shuffle=True, seed=seed,
+                               window=data.shard_window)
     else:
         sampler = ResumableDistributedSampler(len(train_ds), env.world_size, env.rank, shuffle=True, seed=seed)
     if sampler.per_rank < data.batch_size:
         raise ConfigError(f"data.batch_size {data.batch_size} is larger than the {sampler.per_rank} training clips "
                           "per rank and epoch")
     train = build_loader(train_ds, sampler, data.batch_size, data.num_workers, train=True)
-    eval_ds = LabelledDataset.from_labels(eval_set, data.frontend, train=False, return_waveform=data.fbank_on_device,
-                                          seed=seed, max_bad_fraction=data.max_bad_fraction)
+    eval_ds = labelled_dataset(eval_set, data.frontend, train=False, return_waveform=data.fbank_on_device,
+                               seed=seed, max_bad_fraction=data.max_bad_fraction)
     eval_sampler = ResumableDistributedSampler(len(eval_ds), env.world_size, env.rank, shuffle=False,
                                                drop_last=False)
     evaluation = build_loader(eval_ds, eval_sampler, data.eval_batch_size or data.batch_size, data.num_workers,

@@ -7,6 +7,8 @@ Formats (``data.format``):
 * ``eat``: fairseq tsv manifests + EAT ``.lbl`` label files + a class csv (``index,mid,display_name``).
 * ``ast_json``: AST ``{"data": [{"wav", "labels"}]}`` files + the class csv.
 * ``csv``: plain ``path,label`` files (the ``generic`` task).
+* ``shards``: ``train`` / ``valid`` are shard folders (or their ``index.json``) written by
+  ``tools/make_shards.py`` from a labelled set; classes and labels come from the index.
 * ``spc2``: the Speech Commands v2 folder as distributed (``<word>/<file>.wav``,
   ``validation_list.txt``, ``testing_list.txt``); train = every clip in neither list.
 """
@@ -27,6 +29,7 @@ from eat.data.manifest import (
     read_esc50,
     read_path_label_csv,
 )
+from eat.data.shards import ShardSet
 
 ESC50_FOLDS = (1, 2, 3, 4, 5)
 SPC2_NOISE_DIR = "_background_noise_"
@@ -43,10 +46,11 @@ class DataSection:
     ``epoch_samples`` clips per epoch without replacement, weights from ``sample_weights`` (one number per
     line, AST/PSLA-style file) or, when empty, computed as the sum over a clip's labels of
     1000 / (class count + 100). ``fbank_on_device`` makes the loaders return waveforms and computes the
-    fbank in the training step (on the GPU); waveform mixup turns it on.
+    fbank in the training step (on the GPU); waveform mixup turns it on. ``shard_window`` is the
+    shuffle window (clips) of the training order with ``format: shards`` (see ``eat.data.shards``).
     """
 
-    format: Literal["esc50", "eat", "ast_json", "csv", "spc2"] = "esc50"
+    format: Literal["esc50", "eat", "ast_json", "csv", "spc2", "shards"] = "esc50"
     root: str = ""
     audio_dir: str = "audio"
     folds: list[int] = field(default_factory=lambda: list(ESC50_FOLDS))
@@ -64,6 +68,7 @@ class DataSection:
     num_workers: int = 4
     fbank_on_device: bool = False
     max_bad_fraction: float = 0.01
+    shard_window: int = 4096
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
 
 
@@ -94,6 +99,10 @@ def task_splits(data: DataSection, fold: int | None = None) -> tuple[LabelSet, L
     if data.format == "csv":
         train = read_path_label_csv(_need(data.train, "train"))
         return train, read_path_label_csv(_need(data.valid, "valid"), class_names=train.class_names)
+    if data.format == "shards":
+        train = ShardSet(_need(data.train, "train")).label_set()
+        valid = ShardSet(_need(data.valid, "valid")).label_set()
+        return train, valid
     if data.format == "spc2":
         root = _need(data.root, "root")
         return read_speech_commands(root, "train"), read_speech_commands(root, data.eval_split)

@@ -14,7 +14,8 @@ The pieces, in the order :func:`run` uses them:
 * :func:`build_model` - the :class:`~eat.model.eat.EATModel`, with :func:`load_init` / :func:`apply_init`
   for continued pretraining (official fairseq or Hugging Face checkpoints, our checkpoints, exports).
 * :func:`build_loader` - :class:`~eat.data.PretrainDataset` (clips + masks made in the workers) behind the
-  resumable sampler and the bad-file policy.
+  resumable sampler and the bad-file policy; with ``data.format=shards`` the same over tar shards
+  (:mod:`eat.data.shards`).
 * :class:`PretrainBatchPrep` - the trainer's ``prepare``: :func:`eat.data.batch.model_input` (copy, or the
   batched fbank on the device) plus the mask, which stays on the host.
 * :func:`run` - the :class:`~eat.train.trainer.Trainer` loop, under ``torchrun`` or in one process.
@@ -45,6 +46,7 @@ from eat.data import BadDataError, ManifestError, MaskConfig, PretrainDataset, R
 from eat.data import build_loader as build_data_loader
 from eat.data.batch import Batch, model_input
 from eat.data.loaders import SkippingLoader, check_loader_config
+from eat.data.shards import ShardPretrainDataset, ShardSampler
 from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.model.vit import EncoderConfig
 from eat.train.checkpoint import CheckpointError
@@ -73,7 +75,10 @@ CONTINUED_EMA = {"ema_decay": 0.9999, "ema_end_decay": 0.9999, "ema_anneal_end_s
 class DataConfig:
     """Unlabelled clips and the front-end; the clip length is the model's ``encoder.target_length``."""
 
+    format: Literal["files", "shards"] = "files"  # files: read train_manifest; shards: read train_shards
     train_manifest: str = ""  # fairseq-style tsv (root line, then "relpath<TAB>num_samples")
+    train_shards: str = ""  # shard folder (or its index.json) from tools/make_shards.py, for format=shards
+    shard_window: int = 4096  # shuffle window (clips) of the shard order (format=shards; docs/design.md)
     batch_size: int = 12  # clips per device per micro-batch
     num_workers: int = 8  # loader worker processes per device; they decode audio and make the masks
     prefetch_factor: int = 4  # batches each worker prepares ahead
@@ -296,12 +301,20 @@ def build_loader(cfg: PretrainConfig, model_cfg: EATConfig, model: EATModel,
     frontend = frontend_for(data, model_cfg)
     mask_cfg = MaskConfig(clones=model_cfg.clone_batch, mask_ratio=model_cfg.mask_ratio, block=model_cfg.mask_block,
                           adjust=model_cfg.mask_adjust, grid=model.student.grid(frontend.target_length))
-    dataset = PretrainDataset(data.train_manifest, frontend, mask_cfg, return_waveform=data.fbank_on_device,
-                              seed=cfg.train.seed, max_bad_fraction=data.max_bad_fraction)
+    shards = data.format == "shards"
+    source = data.train_shards if shards else data.train_manifest
+    dataset = (ShardPretrainDataset if shards else PretrainDataset)(
+        source, frontend, mask_cfg, return_waveform=data.fbank_on_device, seed=cfg.train.seed,
+        max_bad_fraction=data.max_bad_fraction)
     if len(dataset) < data.batch_size * env.world_size:
-        raise ConfigError(f"{data.train_manifest}: {len(dataset)} clips, fewer than one batch "
+        raise ConfigError(f"{source}: {len(dataset)} clips, fewer than one batch "
                           f"(data.batch_size={data.batch_size} x {env.world_size} ranks)")
-    sampler = ResumableDistributedSampler(len(dataset), env.world_size, env.rank, shuffle=True, seed=cfg.train.seed)
+    if shards:  # shard-local, window-shuffled order (eat.data.shards)
+        sampler = ShardSampler(dataset.shards, env.world_size, env.rank, shuffle=True, seed=cfg.train.seed,
+                               window=data.shard_window)
+    else:
+        sampler = ResumableDistributedSampler(len(dataset), env.world_size, env.rank, shuffle=True,
+                                              seed=cfg.train.seed)
     loader = build_data_loader(dataset, sampler, data.batch_size, num_workers=data.num_workers,
                                pin_memory=env.device.type == "cuda",
                                prefetch_factor=data.prefetch_factor if data.num_workers > 0 else None)
@@ -353,9 +366,17 @@ def check_config(cfg: PretrainConfig) -> None:
     check_train_config(cfg.train)
     check_loader_config(cfg.data.batch_size, cfg.data.num_workers, cfg.data.prefetch_factor,
                         cfg.data.max_bad_fraction)
-    if not cfg.data.train_manifest:
+    if cfg.data.shard_window < 1:
+        raise ConfigError(f"data.shard_window must be >= 1, got {cfg.data.shard_window}")
+    if cfg.data.format == "shards":
+        if not cfg.data.train_shards:
+            raise ConfigError("data.train_shards is not set (pass data.train_shards=/path/to/shards with "
+                              "data.format=shards)")
+        if not Path(cfg.data.train_shards).exists():
+            raise ManifestError(f"training shards not found: {cfg.data.train_shards}")
+    elif not cfg.data.train_manifest:
         raise ConfigError("data.train_manifest is not set (pass data.train_manifest=/path/to/train.tsv)")
-    if not Path(cfg.data.train_manifest).is_file():
+    elif not Path(cfg.data.train_manifest).is_file():
         raise ManifestError(f"training manifest not found: {cfg.data.train_manifest}")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda, but CUDA is not available here (use train.device=cpu or auto)")
