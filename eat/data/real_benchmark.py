@@ -213,12 +213,12 @@ def render_speech(voice: Voice, texts: list[str], work: Path) -> list[np.ndarray
     paths = [work / f"{voice.name}_{i:05d}.wav" for i in range(len(texts))]
     if voice.engine == "festival":
         script = [f"(voice_{voice.ident})"]
-        script += [f'(utt.save.wave (utt.synth (Utterance Text "{t}")) "{p}" \'riff)' for t, p in zip(texts, paths)]
+        script += [f'(utt.save.wave (utt.synth (Utterance Text "{t}")) "{p}" \'riff)' for t, p in zip(texts, paths, strict=True)]
         scm = work / f"{voice.name}.scm"
         scm.write_text("\n".join(script) + "\n", encoding="ascii")
         _run(["festival", "-b", str(scm)], f"festival voice {voice.ident}")
     else:
-        for t, p in zip(texts, paths):
+        for t, p in zip(texts, paths, strict=True):
             _run(["flite", "-voice", voice.ident, "-t", t, "-o", str(p)], f"flite voice {voice.ident}", 60)
     waves = []
     for p in paths:
@@ -396,7 +396,7 @@ def build(out: Path, scale: Scale = FULL, seed: int = 0, log: Callable[[str], No
         work = Path(tmp)
         # speech: one festival/flite session per voice renders its keywords, labelled and unlabelled sentences
         train_voices = [v for v in VOICES if not v.test]
-        speech_share = dict(zip([v.name for v in train_voices], _spread(scale.unlabelled_speech, len(train_voices))))
+        speech_share = dict(zip([v.name for v in train_voices], _spread(scale.unlabelled_speech, len(train_voices)), strict=True))
         for v in VOICES:
             split = "test" if v.test else "train"
             same_lang = [u for u in VOICES if u.language == v.language and u.test == v.test]
@@ -444,10 +444,9 @@ def build(out: Path, scale: Scale = FULL, seed: int = 0, log: Callable[[str], No
                     scale.unlabelled_music_per_program, scale.unlabelled_s, sf, work, f"{sf.name}_p{program}")
                 for j, w in enumerate(segs):
                     unl.add(f"music_{sf.name}_p{program:03d}_{j:03d}", vary(w, rng, scale.unlabelled_s, 0.0))
-            kits = list(DRUMS.values())
             segs = render_segments(
-                lambda i, s: drum_events(rng, list(rng.choice(kits, int(rng.integers(2, 5)), replace=False)), s,
-                                         scale.unlabelled_s),
+                lambda i, s: drum_events(rng, list(rng.choice(list(DRUMS.values()), int(rng.integers(2, 5)),
+                                                              replace=False)), s, scale.unlabelled_s),
                 scale.unlabelled_drums, scale.unlabelled_s, sf, work, f"{sf.name}_drumpatterns")
             for j, w in enumerate(segs):
                 unl.add(f"drums_{sf.name}_{j:03d}", vary(w, rng, scale.unlabelled_s, 0.0))

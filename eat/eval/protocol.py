@@ -1,0 +1,183 @@
+"""The frozen-feature probe protocol: which layer(s), which pooling, side by side, for every feature source.
+
+SSL papers and HEAR-style evaluations do not read one fixed vector out of an encoder: they report the
+linear probe on several layers (or a concatenation of them) and several poolings of the token sequence.
+This module runs that grid with one probe (:func:`eat.eval.probe.probe`) and one table:
+
+* **layer specs** (:func:`parse_layers`): ``"-1"`` (the last block), ``"0"`` (the first), ``"0+2"`` (the
+  per-layer pooled vectors of blocks 0 and 2 concatenated), ``"all"`` (every block concatenated);
+* **poolings** (:data:`POOLINGS`) of a layer's patch tokens: ``mean`` (mean over the clip's patches, the
+  padding excluded), ``meanstd`` (that mean and the per-dimension standard deviation over the same
+  patches, concatenated: 2 D values) and ``cls`` (the CLS token);
+* **sources**: any number of encoders (a pretrained export, the same network's initial weights, ...)
+  and the no-network baseline ``log-mel``, which gets the same poolings of its frames (``mean``: the
+  per-mel-bin mean over time; ``meanstd``: mean and std, as :func:`eat.features.logmel_statistics`;
+  it has no layers and no CLS token).
+
+A layer-concatenated embedding is ``[pool(layer a), pool(layer b), ...]``; for ``meanstd`` each layer
+contributes its ``[mean, std]`` block. The probe standardises every dimension, so neither the order nor
+the scale of the blocks changes the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+
+from eat.audio.fbank import FrontendConfig
+from eat.config import from_dict
+from eat.eval.probe import probe
+from eat.features import FeatureExtractor, logmel_statistics
+from eat.model.eat import EATConfig, EATModel
+
+POOLINGS = ("mean", "meanstd", "cls")
+LOGMEL = "log-mel"
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """Block indices (non-negative, in the given order) named by ``spec``: ``"-1"``, ``"1"``, ``"0+2"``, ``"all"``."""
+    spec = spec.strip()
+    if spec == "all":
+        return list(range(num_layers))
+    out = []
+    for part in spec.split("+"):
+        try:
+            i = int(part)
+        except ValueError:
+            raise ValueError(f"layer spec {spec!r}: {part!r} is not a block index (use e.g. -1, 0+2 or all)") from None
+        if not -num_layers <= i < num_layers:
+            raise ValueError(f"layer spec {spec!r}: block {i} out of range for an encoder with {num_layers} blocks")
+        out.append(i % num_layers)
+    if len(set(out)) != len(out):
+        raise ValueError(f"layer spec {spec!r} names a block twice")
+    return out
+
+
+def check_poolings(poolings: Sequence[str]) -> list[str]:
+    """``poolings`` as a list; an unknown name raises ``ValueError``."""
+    out = list(poolings)
+    if not out:
+        raise ValueError("name at least one pooling")
+    for p in out:
+        if p not in POOLINGS:
+            raise ValueError(f"unknown pooling {p!r}; choose from {', '.join(POOLINGS)}")
+    return out
+
+
+def pool_tokens(tokens: Tensor, mask: Tensor | None, pooling: str) -> Tensor:
+    """Pool ``tokens (B, N, D)`` over the valid rows (``mask (B, N)``: True = padding) into ``(B, D)``
+    (``mean``) or ``(B, 2D)`` (``meanstd``: the mean, then the population std over the same rows)."""
+    if pooling not in ("mean", "meanstd"):
+        raise ValueError(f"pool_tokens pools by 'mean' or 'meanstd', not {pooling!r}")
+    valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if mask is None else ~mask
+    w = valid.to(tokens.dtype)[..., None]
+    count = w.sum(1).clamp_min(1.0)
+    mean = (tokens * w).sum(1) / count
+    if pooling == "mean":
+        return mean
+    var = ((tokens - mean[:, None]) ** 2 * w).sum(1) / count
+    return torch.cat([mean, var.clamp_min(0).sqrt()], dim=1)
+
+
+def initial_weights(run_dir: str | Path, frontend: FrontendConfig) -> FeatureExtractor:
+    """The network a pretraining run started from: its model config (``run_dir/config.yaml``) built right after
+    ``torch.manual_seed(train.seed)``, as the recipe does, so the control differs from the pretrained encoder
+    only by the training. ``frontend`` should be the pretrained export's, so both see the same inputs."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (give the pretraining run's out_dir)")
+    cfg = yaml.safe_load(path.read_text())
+    try:
+        model_cfg = from_dict(EATConfig, {k: v for k, v in cfg["model"].items() if k != "preset"}, "model")
+        seed = int(cfg["train"]["seed"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a pretraining run config ({e})") from None
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        student = EATModel(model_cfg).student
+    finally:
+        torch.random.set_rng_state(state)
+    return FeatureExtractor(student.float().eval(), frontend)
+
+
+def encoder_embeddings(
+    extractor: FeatureExtractor, waves: Sequence[Tensor], layer_specs: Sequence[str], poolings: Sequence[str],
+    batch_size: int = 32,
+) -> dict[tuple[str, str], Tensor]:
+    """Utterance embeddings ``{(layer spec, pooling): (N, D')}`` of ``waves`` (1-D clips at the extractor's
+    rate): every needed block is run once per clip, pooled, and concatenated per spec."""
+    poolings = check_poolings(poolings)
+    specs = {s: parse_layers(s, extractor.num_layers) for s in layer_specs}
+    needed = sorted({i for layers in specs.values() for i in layers})
+    per_layer: dict[tuple[int, str], list[Tensor]] = {(i, p): [] for i in needed for p in poolings}
+    for lo in range(0, len(waves), batch_size):
+        batch = list(waves[lo : lo + batch_size])
+        token_pools = [p for p in poolings if p != "cls"]
+        if token_pools:
+            out = extractor.extract_features(batch, layers=needed, granularity="patch", batch_size=batch_size)
+            for k, i in enumerate(needed):
+                for p in token_pools:
+                    per_layer[(i, p)].append(pool_tokens(out.embeddings[:, k].float(), out.mask, p).cpu())
+        if "cls" in poolings:
+            out = extractor.extract_features(batch, layers=needed, utterance="cls", batch_size=batch_size)
+            for k, i in enumerate(needed):
+                per_layer[(i, "cls")].append(out.embeddings[:, k].float().cpu())
+    stacked = {key: torch.cat(v) for key, v in per_layer.items()}
+    return {(s, p): torch.cat([stacked[(i, p)] for i in layers], dim=1) for s, layers in specs.items() for p in poolings}
+
+
+def logmel_embeddings(waves: Sequence[Tensor], frontend: FrontendConfig, poolings: Sequence[str]) -> dict[tuple[str, str], Tensor]:
+    """The log-mel baseline under the same poolings: ``{("-", "mean"|"meanstd"): (N, F or 2F)}`` (no ``cls``)."""
+    poolings = check_poolings(poolings)
+    stats = logmel_statistics(list(waves), frontend)  # [mean over time, std over time] per mel bin
+    f = frontend.num_mel_bins
+    out = {}
+    if "mean" in poolings:
+        out[("-", "mean")] = stats[:, :f]
+    if "meanstd" in poolings:
+        out[("-", "meanstd")] = stats
+    return out
+
+
+@dataclass
+class Row:
+    """One probe result of the protocol table."""
+
+    source: str
+    layers: str
+    pooling: str
+    score: float
+    dim: int
+    weight_decay: float
+
+
+def evaluate(
+    train: dict[tuple[str, str], Tensor], train_y: Tensor, test: dict[tuple[str, str], Tensor], test_y: Tensor,
+    source: str, **probe_kwargs,
+) -> list[Row]:
+    """Probe every ``(layer spec, pooling)`` embedding of one source (same keys in ``train`` and ``test``)."""
+    rows = []
+    for key, x in train.items():
+        r = probe(x, train_y, test[key], test_y, "multiclass", **probe_kwargs)
+        rows.append(Row(source, key[0], key[1], r["score"], r["dim"], r["weight_decay"]))
+    return rows
+
+
+def format_table(rows: Sequence[Row], poolings: Sequence[str], title: str = "") -> str:
+    """A markdown table: one row per (source, layer spec), one column per pooling (test accuracy; ``-`` where
+    the pooling does not apply, e.g. ``cls`` for log-mel)."""
+    head = "| source | layers | " + " | ".join(poolings) + " |"
+    lines = ([f"**{title}**", ""] if title else []) + [head, "|---|---|" + "---|" * len(poolings)]
+    seen: dict[tuple[str, str], dict[str, Row]] = {}
+    for r in rows:
+        seen.setdefault((r.source, r.layers), {})[r.pooling] = r
+    for (source, layers), by_pool in seen.items():
+        cells = [f"{by_pool[p].score:.3f}" if p in by_pool else "-" for p in poolings]
+        lines.append(f"| {source} | {layers} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
