@@ -20,7 +20,7 @@ DATA ?=
 CONFIG ?= $(if $(DATA),recipes/configs/pretrain_own_data.yaml,recipes/configs/pretrain_as2m.yaml)
 ARGS ?=
 
-.PHONY: help install lock test test-latest demo lint pretrain finetune bench clean
+.PHONY: help install lock test test-latest demo lint pretrain finetune bench clean realbench
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -71,6 +71,9 @@ pretrain: $(STAMP)  ## pretrain: make pretrain [DATA=/my/audio] [INIT=checkpoint
 
 finetune: $(STAMP)  ## fine-tune: make finetune TASK=esc50 ESC50_ROOT=... INIT=<encoder dir> [PRESET=tiny] [ARGS=...]
 	$(PY) recipes/finetune.py --task $(TASK) $(if $(ESC50_ROOT),--esc50-root $(ESC50_ROOT)) $(if $(INIT),--init $(INIT)) $(if $(PRESET),--preset $(PRESET)) --out $(OUT)/finetune_$(TASK) $(ARGS)
+
+realbench: $(STAMP)  ## real-audio benchmark into $(OUT)/realbench (Debian packages: tools/make_real_benchmark.py --packages)
+	$(PY) tools/make_real_benchmark.py $(OUT)/realbench $(ARGS)
 
 bench: $(STAMP)  ## CPU/GPU benchmarks (front-end, pretraining step)
 	$(PY) tools/bench_frontend.py
