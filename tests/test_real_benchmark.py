@@ -128,3 +128,24 @@ def test_tool_refuses_a_non_empty_output_folder(tmp_path):
     assert (tmp_path / "x").read_text() == "keep me"
     r = subprocess.run([sys.executable, str(tool), "--packages"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.split() == list(rb.PACKAGES)
+
+
+def test_labelled_drum_clips_hold_the_class_loudest_and_sometimes_a_quiet_other_drum():
+    rng = np.random.default_rng(3)
+    with_other = 0
+    for _ in range(200):
+        ev = rb.labelled_drum_events(rng, 42, 0.0, 2.0)
+        ons = [(m[1], m[2]) for _, m in ev if m[0] == 0x99]
+        main = [v for k, v in ons if k == 42]
+        other = [v for k, v in ons if k != 42]
+        assert 1 <= len(main) <= 3 and all(70 <= v <= 127 for v in main)
+        assert len(other) <= 1 and all(20 <= v <= 50 for v in other)
+        with_other += bool(other)
+    assert 70 < with_other < 130
+
+
+def test_streams_are_independent_per_part_and_seeded():
+    a = rb.stream(0, "language", "fest_kal").random(3)
+    assert np.array_equal(a, rb.stream(0, "language", "fest_kal").random(3))
+    assert not np.array_equal(a, rb.stream(1, "language", "fest_kal").random(3))
+    assert not np.array_equal(a, rb.stream(0, "keywords", "fest_kal").random(3))

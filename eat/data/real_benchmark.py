@@ -14,7 +14,9 @@ instrument and drum samples) played by fluidsynth from MIDI files written here. 
   test speaker has the other gender than the training one(s), so pitch does not give the language away.
 * ``instruments`` (10 classes): short random melodies on 10 General-MIDI programs. Train: the
   FluidR3_GM and TimGM6mb soundfonts. Test: MuseScore_General (a different sample set).
-* ``drums`` (8 classes): one to three hits of one General-MIDI percussion sound, same soundfont split.
+* ``drums`` (12 classes): one to three hits of one General-MIDI percussion sound (three hi-hats, two toms,
+  side stick and snare, ride and ride bell among them) and, in half the clips, a quieter hit of another one;
+  same soundfont split.
 
 Every labelled clip is 2 s at 16 kHz mono. Each rendering is varied with a seeded generator: speed
 (resampling, which moves pitch and rate together: +-12 % for speech), position in the clip, level
@@ -40,6 +42,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +139,10 @@ INSTRUMENTS = {
     "bass": (32, 28, 55), "violin": (40, 55, 88), "trumpet": (56, 55, 82), "choir": (52, 48, 76),
     "clarinet": (71, 50, 82), "flute": (73, 60, 93),
 }
-# General-MIDI percussion keys (channel 10) of the drum task.
-DRUMS = {"kick": 36, "snare": 38, "clap": 39, "closed_hat": 42, "low_tom": 45, "open_hat": 46, "crash": 49,
-         "ride": 51}
+# General-MIDI percussion keys (channel 10) of the drum task: confusable pairs on purpose (three hi-hats, two
+# toms, side stick vs snare, ride vs ride bell), and in half the clips a quieter hit of another class.
+DRUMS = {"kick": 36, "side_stick": 37, "snare": 38, "clap": 39, "closed_hat": 42, "pedal_hat": 44, "open_hat": 46,
+         "low_tom": 45, "high_tom": 50, "crash": 49, "ride": 51, "ride_bell": 53}
 UNLABELLED_PROGRAMS = tuple(range(0, 120, 5))  # 24 programs for the unlabelled music
 
 
@@ -285,13 +289,25 @@ def melody_events(rng: np.random.Generator, program: int, low: int, high: int, s
     return ev
 
 
-def drum_events(rng: np.random.Generator, keys: list[int], start: float, length: float) -> list[tuple[float, bytes]]:
-    """1-3 hits per key at random times inside ``[start, start + length - 0.5)`` on channel 10."""
+def drum_events(rng: np.random.Generator, keys: list[int], start: float, length: float,
+                velocity: tuple[int, int] = (40, 127), hits: tuple[int, int] = (1, 3)) -> list[tuple[float, bytes]]:
+    """``hits`` (min, max) hits per key at random times inside ``[start, start + length - 0.5)`` on channel 10,
+    velocities drawn from ``velocity`` (inclusive)."""
     ev = []
     for key in keys:
-        for on in np.sort(rng.uniform(0, length - 0.5, int(rng.integers(1, 4)))):
-            vel = int(rng.integers(40, 127))
+        for on in np.sort(rng.uniform(0, length - 0.5, int(rng.integers(hits[0], hits[1] + 1)))):
+            vel = int(rng.integers(velocity[0], velocity[1] + 1))
             ev += [(start + on, bytes([0x99, key, vel])), (start + on + 0.1, bytes([0x89, key, 0]))]
+    return ev
+
+
+def labelled_drum_events(rng: np.random.Generator, key: int, start: float, length: float) -> list[tuple[float, bytes]]:
+    """1-3 hits of ``key`` (velocity 70-127) and, with probability 1/2, one quieter hit (20-50) of another
+    drum of the task."""
+    ev = drum_events(rng, [key], start, length, (70, 127))
+    if rng.random() < 0.5:
+        other = [k for k in DRUMS.values() if k != key]
+        ev += drum_events(rng, [int(rng.choice(other))], start, length, (20, 50), (1, 1))
     return ev
 
 
@@ -351,6 +367,12 @@ def vary(wave: np.ndarray, rng: np.random.Generator, seconds: float, speed_range
 # ---------------------------------------------------------------------------------------------- build
 
 
+def stream(seed: int, *names: str) -> np.random.Generator:
+    """The generator of one part of the build (e.g. ``("language", "fest_kal")``): keyed by the seed and the
+    names, so each part is reproducible on its own and adding a part does not change the others."""
+    return np.random.default_rng([seed, *(zlib.crc32(n.encode()) for n in names)])
+
+
 def _sentence(rng: np.random.Generator, language: str) -> str:
     words = WORDS[language]
     return " ".join(words[i] for i in rng.integers(0, len(words), int(rng.integers(4, 8))))
@@ -388,7 +410,6 @@ def build(out: Path, scale: Scale = FULL, seed: int = 0, log: Callable[[str], No
     check_requirements()
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     splits: dict[str, dict[str, list]] = {t: {"train": [], "test": []} for t in TASKS}
     writers = {t: _Writer(out / t) for t in TASKS}
     unl = _Writer(out / "unlabelled")
@@ -404,19 +425,23 @@ def build(out: Path, scale: Scale = FULL, seed: int = 0, log: Callable[[str], No
             n_lang = _spread(per_lang, len(same_lang))[same_lang.index(v)]
             n_unl = 0 if v.test else speech_share[v.name]
             keywords = list(KEYWORDS) if v.language == "english" else []
+            rng = stream(seed, "text", v.name)
             sentences = [_sentence(rng, v.language) for _ in range(n_lang + n_unl)]
             log(f"  speech: {v.name} ({v.language}, {split}): {len(keywords)} keywords, {n_lang} labelled and "
                 f"{n_unl} unlabelled sentences")
             waves = render_speech(v, keywords + sentences, work)
+            rng = stream(seed, "keywords", v.name)
             for k, word in enumerate(keywords):
                 for j in range(scale.keyword_variants):
                     name = f"{v.name}_{word}_{j:02d}"
                     writers["keywords"].add(name, vary(waves[k], rng, scale.clip_s, 0.12), word)
                     splits["keywords"][split].append(writers["keywords"].rows[-1])
             waves = waves[len(keywords):]
+            rng = stream(seed, "language", v.name)
             for j in range(n_lang):
                 writers["language"].add(f"{v.name}_{j:04d}", vary(waves[j], rng, scale.clip_s, 0.12), v.language)
                 splits["language"][split].append(writers["language"].rows[-1])
+            rng = stream(seed, "unlabelled", v.name)
             for j in range(n_unl):
                 unl.add(f"speech_{v.name}_{j:05d}", vary(waves[n_lang + j], rng, scale.unlabelled_s, 0.12))
         # instruments and drums: one fluidsynth run per (class, soundfont)
@@ -424,13 +449,15 @@ def build(out: Path, scale: Scale = FULL, seed: int = 0, log: Callable[[str], No
             split = "test" if sf.test else "train"
             log(f"  music: soundfont {sf.name} ({split})")
             for label, (program, low, high) in INSTRUMENTS.items():
-                segs = render_segments(lambda i, s, p=program, lo=low, hi=high: melody_events(rng, p, lo, hi, s, scale.clip_s),
+                rng = stream(seed, "instruments", sf.name, label)
+                segs = render_segments(lambda i, s, r=rng, p=program, lo=low, hi=high: melody_events(r, p, lo, hi, s, scale.clip_s),
                                        scale.instrument_clips, scale.clip_s, sf, work, f"{sf.name}_{label}")
                 for j, w in enumerate(segs):
                     writers["instruments"].add(f"{sf.name}_{label}_{j:03d}", vary(w, rng, scale.clip_s, 0.0), label)
                     splits["instruments"][split].append(writers["instruments"].rows[-1])
             for label, key in DRUMS.items():
-                segs = render_segments(lambda i, s, k=key: drum_events(rng, [k], s, scale.clip_s),
+                rng = stream(seed, "drums", sf.name, label)
+                segs = render_segments(lambda i, s, r=rng, k=key: labelled_drum_events(r, k, s, scale.clip_s),
                                        scale.drum_clips, scale.clip_s, sf, work, f"{sf.name}_{label}")
                 for j, w in enumerate(segs):
                     writers["drums"].add(f"{sf.name}_{label}_{j:03d}", vary(w, rng, scale.clip_s, 0.03), label)
@@ -438,15 +465,17 @@ def build(out: Path, scale: Scale = FULL, seed: int = 0, log: Callable[[str], No
             if sf.test:
                 continue
             for program in UNLABELLED_PROGRAMS:
+                rng = stream(seed, "unlabelled", sf.name, str(program))
                 lo = int(rng.integers(36, 60))
                 segs = render_segments(
-                    lambda i, s, p=program, lo=lo: melody_events(rng, p, lo, lo + 24, s, scale.unlabelled_s),
+                    lambda i, s, r=rng, p=program, lo=lo: melody_events(r, p, lo, lo + 24, s, scale.unlabelled_s),
                     scale.unlabelled_music_per_program, scale.unlabelled_s, sf, work, f"{sf.name}_p{program}")
                 for j, w in enumerate(segs):
                     unl.add(f"music_{sf.name}_p{program:03d}_{j:03d}", vary(w, rng, scale.unlabelled_s, 0.0))
+            rng = stream(seed, "unlabelled", sf.name, "drums")
             segs = render_segments(
-                lambda i, s: drum_events(rng, list(rng.choice(list(DRUMS.values()), int(rng.integers(2, 5)),
-                                                              replace=False)), s, scale.unlabelled_s),
+                lambda i, s, r=rng: drum_events(r, list(r.choice(list(DRUMS.values()), int(r.integers(2, 5)),
+                                                                replace=False)), s, scale.unlabelled_s),
                 scale.unlabelled_drums, scale.unlabelled_s, sf, work, f"{sf.name}_drumpatterns")
             for j, w in enumerate(segs):
                 unl.add(f"drums_{sf.name}_{j:03d}", vary(w, rng, scale.unlabelled_s, 0.0))
