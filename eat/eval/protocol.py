@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 from eat.audio.fbank import FrontendConfig
-from eat.config import from_dict
+from eat.config import load_config
 from eat.eval.probe import probe
 from eat.features import FeatureExtractor, logmel_statistics
-from eat.model.eat import EATConfig, EATModel
+from eat.train.pretrain import PretrainConfig, build_model
 
 POOLINGS = ("mean", "meanstd", "cls")
 LOGMEL = "log-mel"
@@ -85,25 +84,20 @@ def pool_tokens(tokens: Tensor, mask: Tensor | None, pooling: str) -> Tensor:
 
 
 def initial_weights(run_dir: str | Path, frontend: FrontendConfig) -> FeatureExtractor:
-    """The network a pretraining run started from: its model config (``run_dir/config.yaml``) built right after
-    ``torch.manual_seed(train.seed)``, as the recipe does, so the control differs from the pretrained encoder
-    only by the training. ``frontend`` should be the pretrained export's, so both see the same inputs."""
+    """The network a pretraining run started from, built by the recipe's own :func:`eat.train.pretrain.build_model`
+    from ``run_dir/config.yaml`` (seeded with ``train.seed``; with ``model.init``, the weights it loaded), so the
+    control differs from the pretrained encoder only by the training. ``frontend`` should be the pretrained
+    export's, so both see the same inputs. The global torch RNG is left as it was."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ValueError(f"{path}: no such file (give the pretraining run's out_dir)")
-    cfg = yaml.safe_load(path.read_text())
-    try:
-        model_cfg = from_dict(EATConfig, {k: v for k, v in cfg["model"].items() if k != "preset"}, "model")
-        seed = int(cfg["train"]["seed"])
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a pretraining run config ({e})") from None
+    cfg = load_config(PretrainConfig, path)
     state = torch.random.get_rng_state()
     try:
-        torch.manual_seed(seed)
-        student = EATModel(model_cfg).student
+        model, _ = build_model(cfg)
     finally:
         torch.random.set_rng_state(state)
-    return FeatureExtractor(student.float().eval(), frontend)
+    return FeatureExtractor(model.student.float().eval(), frontend)
 
 
 def encoder_embeddings(
