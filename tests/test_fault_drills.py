@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_pretrain_recipe import _children
 from test_trainer import Toy, make_trainer
 
 from eat.data.synthetic import make_unlabelled_corpus
@@ -230,18 +231,6 @@ def test_ranks_stop_when_the_launcher_is_killed(manifest, tmp_path):
     saved = ckpt.list_checkpoints(out)  # the watchdog turned the launcher's death into a preemption
     assert saved and int(saved[0].name[5:]) >= 2
     _no_leftovers(out)
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
 
 
 def _alive(pid: int) -> bool:
