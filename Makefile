@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 LOCK := requirements/dev.lock
 LATEST_VENV ?= .venv-latest
+# extra pytest arguments for test-latest (CI passes -m "not slow")
+LATEST_SUITE ?=
 LOCK_VENV := .venv-lock
 
 TASK ?= esc50
@@ -51,7 +53,7 @@ test-latest:  ## the suite in a fresh .venv-latest on the newest releases the ra
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade pip setuptools
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev,demo,onnx]'
 	@$(LATEST_VENV)/bin/python -c 'import numpy, scipy, torch; print(f"test-latest: torch {torch.__version__}, numpy {numpy.__version__}, scipy {scipy.__version__}")'
-	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_SUITE)
 
 demo: $(STAMP)  ## synthetic data -> pretrain -> export -> probe -> fine-tune, with a summary
 	$(PY) tools/demo.py --out $(OUT)/demo $(ARGS)
