@@ -10,9 +10,9 @@ the baselines (log-mel in the same pooling; several files' initial weights, e.g.
 ``--run NAME=RUN_DIR`` gives the pretraining seconds of each checkpoint: the ``checkpoint`` record's time in
 ``RUN_DIR/metrics.jsonl`` minus the run's start (the first ``train`` record's time less its ``s_per_step``
 times its step). Prints a markdown table (one row per run and checkpoint, then the mean and standard
-deviation at each step over the ``--seeds`` runs, default all, when there are several) and, with ``--out``,
-draws one panel per task: accuracy vs updates (seconds on the top axis), the log-mel level, log-mel +
-``--margin`` and the initial weights as horizontal lines.
+deviation over the ``--seeds`` runs, default all, at each step that several of them saved) and, with
+``--out``, draws one panel per task: accuracy vs updates (seconds on the top axis), the log-mel level,
+log-mel + ``--margin`` and the initial weights as horizontal lines.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def mean_std(vals: list[float]) -> str:
 def table(points: dict, baselines: dict, seconds: dict[str, dict[int, float]],
           seeds: list[str] | None = None) -> str:
     tasks = list(points)
-    keys = sorted({k for t in tasks for k in points[t]}, key=lambda k: (k[1], k[0]))
+    keys = sorted({k for t in tasks for k in points[t]})
     lines = ["| run | updates | seconds | " + " | ".join(tasks) + " |", "|---|---|---|" + "---|" * len(tasks)]
     for run, step in keys:
         s = seconds.get(run, {}).get(step)
@@ -77,7 +77,9 @@ def table(points: dict, baselines: dict, seconds: dict[str, dict[int, float]],
             cells = []
             for t in tasks:
                 vals = [v for (r, st), v in points[t].items() if st == step and r in runs]
-                cells.append(mean_std(vals) if len(vals) > 1 else f"{vals[0]:.3f} (n=1)" if vals else "-")
+                cells.append(mean_std(vals) if vals else "-")
+            if all("±" not in c for c in cells):
+                continue  # a step that only one run saved
             lines.append(f"| mean ± std | {step} | - | " + " | ".join(cells) + " |")
     for source in ("initial weights", "log-mel"):
         if any(source in baselines.get(t, {}) for t in tasks):
