@@ -47,6 +47,7 @@ def test_table_figure_and_errors(tmp_path):
     assert not any(line.startswith("| mean ± std | 1000") for line in lines)  # only a saved step 1000
     assert "| initial weights | - | - | 0.300 ± 0.141 (n=2) |" in lines and "| log-mel | - | - | 0.400 |" in lines
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert subprocess.run(TOOL + ["--help"], capture_output=True, timeout=60).returncode == 0
     for bad, msg in ((TOOL + ["--probe", str(p1), "--pooling", "cls"], "no RUN@STEP source"),
                      (TOOL + ["--probe", str(tmp_path / "missing.json")], "missing.json"),
                      (TOOL + ["--probe", str(p1), "--run", "a"], "expected NAME=RUN_DIR"),
