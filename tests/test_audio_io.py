@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from torchaudio_ref import REF, SR, live_torchaudio, names
+from kaldi_reference import REF, SR, live_torchaudio, names
 
 from eat.audio.io import AudioError, load_audio, load_audio_with_rate, remove_dc, resample
 

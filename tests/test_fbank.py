@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from torchaudio_ref import EAT_KALDI, OPTION_CASES, REF, SR, live_torchaudio, names
+from kaldi_reference import EAT_KALDI, OPTION_CASES, REF, SR, live_torchaudio, names
 
 from eat.audio.fbank import (
     NORM_PRESETS,
