@@ -155,3 +155,17 @@ def test_remove_dc():
     torch.testing.assert_close(y[1, :600], x[1, :600] - x[1, :600].mean(), rtol=0, atol=1e-6)
     assert torch.equal(y[1, 600:], torch.zeros(400)) and torch.equal(y[2], torch.zeros(1000))
     torch.testing.assert_close(y[0], x[0] - x[0].mean())
+
+
+@pytest.mark.parametrize("bad", [[np.nan], [np.inf], [-np.inf], [np.inf, -np.inf], [3e38, 3e38]])
+def test_non_finite_samples_are_refused_at_decoding(tmp_path, bad):
+    """One check at decoding serves every reader. [inf, -inf] sums to NaN and [3e38, 3e38] is finite (a float64
+    sum does not overflow), so both the fast path and the full check are exercised."""
+    x = sine(440.0, 16000, 4000)
+    x[1000: 1000 + len(bad)] = bad
+    soundfile.write(tmp_path / "x.wav", x, 16000, subtype="FLOAT")
+    finite = np.isfinite(x).all()
+    if finite:
+        assert load_audio(tmp_path / "x.wav").numel() == 4000
+    else:
+        expect_audio_error(tmp_path / "x.wav", "non-finite")
