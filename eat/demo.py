@@ -44,14 +44,14 @@ import yaml
 
 from eat.audio.io import AudioError
 from eat.cli import cli_main
-from eat.config import ConfigError, from_dict
+from eat.config import ConfigError, load_config
 from eat.data.manifest import ManifestError, read_esc50, read_manifest
 from eat.data.synthetic import class_spec, make_esc50_like, make_unlabelled_corpus
 from eat.eval.probe import probe
 from eat.export import ExportError, export_checkpoint, load_encoder, read_export, save_export
 from eat.features import logmel_statistics, read_clips
-from eat.model.eat import EATConfig, EATModel
 from eat.model.masking import inverse_block_mask
+from eat.train.pretrain import PretrainConfig, build_model
 from eat.utils.bench import machine as machine_info
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: the demo runs its recipes and configs
@@ -191,13 +191,10 @@ def pretrain(run_dir: Path, manifest: Path, steps: int, seed: int, device: str, 
 
 
 def export_both(run_dir: Path, out: Path) -> tuple[Path, Path]:
-    """The pretrained student, and the network the run started from (re-created from its config and seed:
-    the recipe seeds torch with ``train.seed`` right before it builds the model)."""
+    """The pretrained student, and the network the run started from (re-created from its saved config by the
+    recipe's own :func:`eat.train.pretrain.build_model`, which seeds torch with ``train.seed``)."""
     encoder, _ = export_checkpoint(run_dir, out / "encoder")
-    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    model_cfg = from_dict(EATConfig, {k: v for k, v in run_cfg["model"].items() if k != "preset"}, "model")
-    torch.manual_seed(run_cfg["train"]["seed"])
-    initial = EATModel(model_cfg).student
+    initial = build_model(load_config(PretrainConfig, run_dir / "config.yaml"))[0].student
     cfg, _ = read_export(encoder)
     init = save_export(out / "encoder_init", initial.cfg, initial.state_dict(), cfg.frontend,
                        meta={"source": "initial weights of " + str(run_dir), "kind": "random-init"})
