@@ -202,7 +202,8 @@ def test_group_sigterm_during_start_up_exits_cleanly(manifest, tmp_path, delay):
     if out.exists():
         _no_leftovers(out)
         saved = ckpt.list_checkpoints(out)
-        assert delay == "ready" and [p.name for p in saved] == ["step_000001"] if saved else True
+        if saved:  # only a signal that landed during the first step leaves one, and only that step
+            assert delay == "ready" and [c.name for c in saved] == ["step_000001"]
         assert not list(out.glob(".*.tmp"))
 
 
