@@ -55,8 +55,49 @@ def test_pool_tokens_matches_a_per_clip_loop_and_ignores_padding():
         np.testing.assert_allclose(got_mean[b].numpy(), rows.mean(0), rtol=1e-12)
         np.testing.assert_allclose(got_ms[b].numpy(), np.concatenate([rows.mean(0), rows.std(0)]), rtol=1e-10, atol=1e-12)
     assert torch.equal(pool_tokens(tokens[:1], None, "mean"), got_mean[:1])
-    with pytest.raises(ValueError, match="pools by"):
+    with pytest.raises(ValueError, match="unknown token pooling"):
         pool_tokens(tokens, mask, "cls")
+
+
+def test_band_pooling_is_a_per_band_loop_over_valid_time_columns():
+    gen = torch.Generator().manual_seed(3)
+    t, f, d = 5, 3, 4
+    tokens = torch.randn(2, t * f, d, generator=gen, dtype=torch.float64)
+    cols = torch.tensor([5, 2])  # clip 1: 2 valid time columns, then padding
+    mask = (torch.arange(t)[None] >= cols[:, None]).repeat_interleave(f, dim=1)
+    tokens[mask] = -1e6
+    got_m = pool_tokens(tokens, mask, "band-mean", num_bands=f)
+    got_ms = pool_tokens(tokens, mask, "band-meanstd", num_bands=f)
+    assert got_m.shape == (2, f * d) and got_ms.shape == (2, 2 * f * d)
+    for b, n in enumerate(cols.tolist()):
+        # time-major rows: token t * f + band
+        per_band = [tokens[b, [k * f + band for k in range(n)]].numpy() for band in range(f)]
+        means = np.concatenate([r.mean(0) for r in per_band])
+        stds = np.concatenate([r.std(0) for r in per_band])
+        np.testing.assert_allclose(got_m[b].numpy(), means, rtol=1e-12)
+        np.testing.assert_allclose(got_ms[b].numpy(), np.concatenate([means, stds]), rtol=1e-10, atol=1e-12)
+    # one band holding everything is the plain pooling
+    torch.testing.assert_close(pool_tokens(tokens, mask, "band-meanstd", 1), pool_tokens(tokens, mask, "meanstd"))
+    with pytest.raises(ValueError, match="grid of 2 frequency bands"):
+        pool_tokens(tokens, mask, "band-mean", num_bands=2)
+
+
+def test_band_pooling_keeps_where_a_pattern_sits_and_plain_mean_does_not():
+    # two classes: the same token pattern in the lower or in the upper frequency band
+    gen = torch.Generator().manual_seed(2)
+    n, t, f, d = 120, 6, 2, 4
+    y = torch.arange(n) % 2
+    pattern = torch.randn(n, t, 1, d, generator=gen) + 2.0
+    noise = torch.randn(n, t, 1, d, generator=gen)
+    lower_first = torch.cat([pattern, noise], 2)
+    upper_first = torch.cat([noise, pattern], 2)
+    tokens = torch.where(y[:, None, None, None] == 1, upper_first, lower_first).reshape(n, t * f, d)
+    tr, te = slice(0, 80), slice(80, n)
+    accs = {}
+    for p in ("mean", "band-mean"):
+        x = pool_tokens(tokens, None, p, num_bands=f)
+        accs[p] = probe(x[tr], y[tr], x[te], y[te], weight_decays=(1e-3, 1e-1))["score"]
+    assert accs["band-mean"] >= 0.95 and accs["mean"] <= 0.75
 
 
 def test_meanstd_separates_classes_that_differ_only_in_spread_and_mean_does_not():
@@ -87,7 +128,7 @@ def test_parse_layers():
 def test_encoder_embeddings_are_the_extractors_pooled_layers_concatenated_in_spec_order():
     fx = tiny_extractor()
     clips = waves([0.9, 2.5, 1.3])  # different lengths: one batch with a padding mask
-    emb = encoder_embeddings(fx, clips, ["-1", "2+0", "all"], ["mean", "meanstd", "cls"], batch_size=2)
+    emb = encoder_embeddings(fx, clips, ["-1", "2+0", "all"], ["mean", "meanstd", "band-meanstd", "cls"], batch_size=2)
     d = fx.embed_dim
     assert emb[("-1", "mean")].shape == (3, d) and emb[("2+0", "meanstd")].shape == (3, 4 * d)
     assert emb[("all", "cls")].shape == (3, 3 * d)
@@ -101,14 +142,20 @@ def test_encoder_embeddings_are_the_extractors_pooled_layers_concatenated_in_spe
         alone = fx.extract_features([clip], layers=[2, 0], granularity="patch").embeddings[0]  # (2, N, D)
         want = torch.cat([torch.cat([alone[k].mean(0), alone[k].std(0, unbiased=False)]) for k in range(2)])
         torch.testing.assert_close(emb[("2+0", "meanstd")][i], want, atol=1e-5, rtol=0)
+        # band-meanstd of the last block: per frequency row of the (T', F') grid, over time
+        f = fx.encoder.num_freq_patches
+        grid = alone[0].reshape(-1, f, d)  # block 2, time-major
+        want = torch.cat([grid.mean(0).reshape(-1), grid.std(0, unbiased=False).reshape(-1)])
+        torch.testing.assert_close(emb[("-1", "band-meanstd")][i], want, atol=1e-5, rtol=0)
 
 
 def test_logmel_embeddings_follow_the_same_poolings():
     clips = waves([1.0, 1.7])
     fe = FrontendConfig()
     stats = logmel_statistics(clips, fe)
-    emb = logmel_embeddings(clips, fe, ["mean", "meanstd", "cls"])
-    assert set(emb) == {("-", "mean"), ("-", "meanstd")}  # no CLS without a network
+    emb = logmel_embeddings(clips, fe, ["mean", "meanstd", "band-mean", "band-meanstd", "cls"])
+    assert set(emb) == {("-", p) for p in ("mean", "meanstd", "band-mean", "band-meanstd")}  # no CLS
+    assert torch.equal(emb[("-", "band-meanstd")], stats) and torch.equal(emb[("-", "band-mean")], emb[("-", "mean")])
     assert torch.equal(emb[("-", "meanstd")], stats)
     torch.testing.assert_close(emb[("-", "mean")], stats[:, : fe.num_mel_bins])
     # the mean really is the per-band mean over time (not e.g. the std half)

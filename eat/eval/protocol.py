@@ -8,11 +8,14 @@ This module runs that grid with one probe (:func:`eat.eval.probe.probe`) and one
   per-layer pooled vectors of blocks 0 and 2 concatenated), ``"all"`` (every block concatenated);
 * **poolings** (:data:`POOLINGS`) of a layer's patch tokens: ``mean`` (mean over the clip's patches, the
   padding excluded), ``meanstd`` (that mean and the per-dimension standard deviation over the same
-  patches, concatenated: 2 D values) and ``cls`` (the CLS token);
+  patches, concatenated: 2 D values), ``band-mean`` / ``band-meanstd`` (the same over time within each
+  frequency band of the patch grid, the bands concatenated: F' D / 2 F' D values; see
+  :mod:`eat.model.pooling`) and ``cls`` (the CLS token);
 * **sources**: any number of encoders (a pretrained export, the same network's initial weights, ...)
   and the no-network baseline ``log-mel``, which gets the same poolings of its frames (``mean``: the
   per-mel-bin mean over time; ``meanstd``: mean and std, as :func:`eat.features.logmel_statistics`;
-  it has no layers and no CLS token).
+  every mel bin is a band of its own, so ``band-mean`` / ``band-meanstd`` are the same vectors; it has no
+  layers and no CLS token).
 
 A layer-concatenated embedding is ``[pool(layer a), pool(layer b), ...]``; for ``meanstd`` each layer
 contributes its ``[mean, std]`` block. The probe standardises every dimension, so neither the order nor
@@ -32,9 +35,10 @@ from eat.audio.fbank import FrontendConfig
 from eat.config import load_config
 from eat.eval.probe import probe
 from eat.features import FeatureExtractor, logmel_statistics
+from eat.model.pooling import TOKEN_POOLINGS, pool_tokens
 from eat.train.pretrain import PretrainConfig, build_model
 
-POOLINGS = ("mean", "meanstd", "cls")
+POOLINGS = (*TOKEN_POOLINGS, "cls")
 LOGMEL = "log-mel"
 
 
@@ -66,21 +70,6 @@ def check_poolings(poolings: Sequence[str]) -> list[str]:
         if p not in POOLINGS:
             raise ValueError(f"unknown pooling {p!r}; choose from {', '.join(POOLINGS)}")
     return out
-
-
-def pool_tokens(tokens: Tensor, mask: Tensor | None, pooling: str) -> Tensor:
-    """Pool ``tokens (B, N, D)`` over the valid rows (``mask (B, N)``: True = padding) into ``(B, D)``
-    (``mean``) or ``(B, 2D)`` (``meanstd``: the mean, then the population std over the same rows)."""
-    if pooling not in ("mean", "meanstd"):
-        raise ValueError(f"pool_tokens pools by 'mean' or 'meanstd', not {pooling!r}")
-    valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if mask is None else ~mask
-    w = valid.to(tokens.dtype)[..., None]
-    count = w.sum(1).clamp_min(1.0)
-    mean = (tokens * w).sum(1) / count
-    if pooling == "mean":
-        return mean
-    var = ((tokens - mean[:, None]) ** 2 * w).sum(1) / count
-    return torch.cat([mean, var.clamp_min(0).sqrt()], dim=1)
 
 
 def initial_weights(run_dir: str | Path, frontend: FrontendConfig) -> FeatureExtractor:
@@ -117,7 +106,8 @@ def encoder_embeddings(
             out = extractor.extract_features(batch, layers=needed, granularity="patch", batch_size=batch_size)
             for k, i in enumerate(needed):
                 for p in token_pools:
-                    per_layer[(i, p)].append(pool_tokens(out.embeddings[:, k].float(), out.mask, p).cpu())
+                    pooled = pool_tokens(out.embeddings[:, k].float(), out.mask, p, extractor.encoder.num_freq_patches)
+                    per_layer[(i, p)].append(pooled.cpu())
         if "cls" in poolings:
             out = extractor.extract_features(batch, layers=needed, utterance="cls", batch_size=batch_size)
             for k, i in enumerate(needed):
@@ -127,15 +117,15 @@ def encoder_embeddings(
 
 
 def logmel_embeddings(waves: Sequence[Tensor], frontend: FrontendConfig, poolings: Sequence[str]) -> dict[tuple[str, str], Tensor]:
-    """The log-mel baseline under the same poolings: ``{("-", "mean"|"meanstd"): (N, F or 2F)}`` (no ``cls``)."""
+    """The log-mel baseline under the same poolings: ``{("-", pooling): (N, F or 2F)}`` (no ``cls``; a mel bin
+    is a band, so ``band-mean`` = ``mean`` and ``band-meanstd`` = ``meanstd``)."""
     poolings = check_poolings(poolings)
     stats = logmel_statistics(list(waves), frontend)  # [mean over time, std over time] per mel bin
     f = frontend.num_mel_bins
     out = {}
-    if "mean" in poolings:
-        out[("-", "mean")] = stats[:, :f]
-    if "meanstd" in poolings:
-        out[("-", "meanstd")] = stats
+    for p in poolings:
+        if p != "cls":
+            out[("-", p)] = stats if p.endswith("meanstd") else stats[:, :f]
     return out
 
 

@@ -1,0 +1,58 @@
+"""Pooling of an encoder's patch tokens into one vector per clip: the one definition that the probe protocol
+(:mod:`eat.eval.protocol`) and the classifier heads share.
+
+Patch tokens arrive time-major (row ``n = t * F' + f`` of a ``(T', F')`` grid, see :mod:`eat.model.vit`) with
+an optional padding mask (True = padding; a whole time column is padded or not). Poolings:
+
+* ``mean``: mean over every valid patch, ``(B, D)``;
+* ``meanstd``: that mean and the per-dimension population std over the same patches, ``(B, 2D)``;
+* ``band-mean``: the mean over time *within each frequency band* (grid row ``f``), the ``F'`` band vectors
+  concatenated band after band, ``(B, F'*D)``. Pooling over frequency as well (``mean``) throws away where in
+  the spectrum a pattern sits, which is what pooled log-mel statistics (a mean per mel bin) keep; with
+  bands a linear probe sees the same spectral layout the encoder saw;
+* ``band-meanstd``: per band, the mean and std over time: ``[mean of all bands, std of all bands]``,
+  ``(B, 2*F'*D)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+TOKEN_POOLINGS = ("mean", "meanstd", "band-mean", "band-meanstd")
+
+
+def pooled_dim(pooling: str, embed_dim: int, num_bands: int) -> int:
+    """Width of :func:`pool_tokens`' output for ``embed_dim``-wide tokens on a grid of ``num_bands`` rows."""
+    check_pooling(pooling)
+    per = embed_dim * (num_bands if pooling.startswith("band-") else 1)
+    return 2 * per if pooling.endswith("meanstd") else per
+
+
+def check_pooling(pooling: str) -> None:
+    if pooling not in TOKEN_POOLINGS:
+        raise ValueError(f"unknown token pooling {pooling!r}; choose from {', '.join(TOKEN_POOLINGS)}")
+
+
+def pool_tokens(tokens: Tensor, mask: Tensor | None, pooling: str, num_bands: int = 1) -> Tensor:
+    """Pool ``tokens (B, N, D)`` over the valid rows (``mask (B, N)``, True = padding) by ``pooling``.
+
+    ``num_bands`` (``F'``, the grid's frequency rows) is needed by the ``band-*`` poolings; ``N`` must be a
+    multiple of it. A clip with no valid token pools to zeros."""
+    check_pooling(pooling)
+    b, n, d = tokens.shape
+    valid = torch.ones(b, n, dtype=torch.bool, device=tokens.device) if mask is None else ~mask
+    if pooling.startswith("band-"):
+        if num_bands < 1 or n % num_bands:
+            raise ValueError(f"{n} patch tokens do not form a grid of {num_bands} frequency bands")
+        x = tokens.reshape(b, n // num_bands, num_bands, d)  # (B, T', F', D): pool over T' per band
+        w = valid.reshape(b, n // num_bands, num_bands).to(tokens.dtype)[..., None]
+    else:
+        x, w = tokens[:, :, None], valid.to(tokens.dtype)[:, :, None, None]  # one "band" holding every patch
+    count = w.sum(1).clamp_min(1.0)
+    mean = (x * w).sum(1) / count  # (B, bands, D)
+    out = [mean.reshape(b, -1)]
+    if pooling.endswith("meanstd"):
+        var = ((x - mean[:, None]) ** 2 * w).sum(1) / count
+        out.append(var.clamp_min(0).sqrt().reshape(b, -1))
+    return torch.cat(out, dim=1) if len(out) > 1 else out[0]
