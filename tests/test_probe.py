@@ -153,7 +153,7 @@ def test_cli_encoder_on_synthetic_esc50_end_to_end(tmp_path, esc50_like):
     root = Path(shutil.copytree(esc50_like, tmp_path / "esc"))
     (root / "audio" / "1-100000-A-0.wav").write_bytes(b"broken")  # one unreadable test clip
     cmd = [sys.executable, str(ROOT / "tools" / "linear_probe.py"), "--encoder", str(tmp_path / "enc"),
-           "--esc50-root", str(root), "--fold", "1", "--knn", "3", "--pooling", "mean", "--json",
+           "--esc50-root", str(root), "--fold", "1", "--knn", "3", "--layers=-1", "--pooling", "mean", "--json",
            "--weight-decays", "1e-3", "1e-1"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -162,6 +162,13 @@ def test_cli_encoder_on_synthetic_esc50_end_to_end(tmp_path, esc50_like):
     assert out["num_train"] == 16 and out["num_test"] == 3 and out["skipped"] == 1 and out["dim"] == 96
     assert set(out["val_scores"]) == {"0.001", "0.1"} and out["knn"]["k"] == 3
     assert "skipped" in res.stderr and "1-100000-A-0.wav" in res.stderr
+    # the default cell: every block, mean+std per frequency band (8 bands of 128 mel bins / 16)
+    res = subprocess.run(cmd[:8] + ["--json", "--weight-decays", "1e-1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["layers"] == "all" and out["dim"] == 3 * 2 * 8 * 96
+    res = subprocess.run(cmd[:8] + ["--layers", "3"], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: layer spec '3'")
 
 
 def test_cli_logmel_baseline_with_csv_splits(tmp_path, esc50_like):

@@ -18,11 +18,14 @@ import yaml
 from eat.audio.fbank import FrontendConfig
 from eat.eval.probe import probe
 from eat.eval.protocol import (
+    Row,
     encoder_embeddings,
+    format_table,
     initial_weights,
     logmel_embeddings,
     parse_layers,
     pool_tokens,
+    select_on_validation,
 )
 from eat.features import FeatureExtractor, logmel_statistics
 from eat.model.eat import EATModel, eat_config
@@ -113,6 +116,18 @@ def test_meanstd_separates_classes_that_differ_only_in_spread_and_mean_does_not(
         x = pool_tokens(tokens, None, p)
         accs[p] = probe(x[tr], y[tr], x[te], y[te], weight_decays=(1e-3, 1e-1))["score"]
     assert accs["meanstd"] >= 0.95 and accs["mean"] <= 0.75
+
+
+def test_the_reported_cell_is_chosen_on_validation_not_on_test():
+    rows = [Row("pre", "-1", "mean", score=0.9, dim=4, weight_decay=0.1, val_score=0.5),
+            Row("pre", "all", "meanstd", score=0.6, dim=8, weight_decay=0.1, val_score=0.7),
+            Row("pre", "all", "band-mean", score=0.8, dim=8, weight_decay=0.1, val_score=0.7),  # tie: earlier wins
+            Row("log-mel", "-", "mean", score=0.4, dim=2, weight_decay=1.0, val_score=0.3)]
+    chosen = select_on_validation(rows)
+    assert chosen["pre"] is rows[1] and chosen["log-mel"] is rows[3]
+    table = format_table(rows, ["mean", "meanstd", "band-mean"])
+    assert "| pre | all | - | 0.600* | 0.800 |" in table
+    assert "chosen on validation for pre: layers all, meanstd -> test 0.600" in table
 
 
 def test_parse_layers():
@@ -215,13 +230,17 @@ def test_tool_end_to_end_with_control_logmel_and_a_broken_clip(tmp_path):
            "--weight-decays", "1e-3", "1e-1"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "| source | layers | mean | meanstd | cls |" in res.stdout and "3 skipped" not in res.stdout
+    assert "| source | layers | mean | meanstd | band-mean | band-meanstd | cls |" in res.stdout
+    assert "3 skipped" not in res.stdout and res.stdout.count("chosen on validation for") == 3
     assert "1 skipped" in res.stdout and "test3.wav" in res.stderr
     data = json.loads(out.read_text())["tasks"]["tones"]
     keys = {(r["source"], r["layers"], r["pooling"]) for r in data["rows"]}
     for src in ("pre", "initial weights"):
-        assert {(src, s, p) for s in ("-1", "0+1") for p in ("mean", "meanstd", "cls")} <= keys
-    assert {("log-mel", "-", "mean"), ("log-mel", "-", "meanstd")} <= keys and len(keys) == 14
+        assert {(src, s, p) for s in ("-1", "0+1") for p in ("mean", "meanstd", "band-mean", "band-meanstd", "cls")} <= keys
+    assert {("log-mel", "-", p) for p in ("mean", "meanstd", "band-mean", "band-meanstd")} <= keys and len(keys) == 24
+    best = {src: max((r for r in data["rows"] if r["source"] == src), key=lambda r: r["val_score"])["val_score"]
+            for src in ("pre", "initial weights", "log-mel")}
+    assert {src: r["val_score"] for src, r in data["selected"].items()} == best
     dims = {(r["source"], r["layers"], r["pooling"]): r["dim"] for r in data["rows"]}
     assert dims[("pre", "0+1", "meanstd")] == 4 * fx.embed_dim and dims[("log-mel", "-", "meanstd")] == 256
     # log-mel separates 300 Hz from 3 kHz tones perfectly

@@ -39,8 +39,11 @@ from eat.data.manifest import (
     read_path_label_csv,
 )
 from eat.eval.probe import DEFAULT_WEIGHT_DECAYS, TASKS, probe
+from eat.eval.protocol import POOLINGS, encoder_embeddings, parse_layers
 from eat.export import ExportError, load_encoder
 from eat.features import FeatureExtractor, logmel_statistics, read_clips
+
+DEFAULT_LAYERS, DEFAULT_POOLING = "all", "band-meanstd"  # the protocol's recommended cell (docs/benchmarks.md)
 
 
 class ToolError(UsageError):
@@ -82,7 +85,7 @@ def targets(labels: LabelSet, multilabel: bool) -> torch.Tensor:
 
 def embed(
     paths: list[Path], extractor: FeatureExtractor | None, frontend: FrontendConfig, batch_size: int,
-    layer: int, pooling: str, desc: str,
+    layers: str, pooling: str, desc: str,
 ) -> tuple[torch.Tensor, list[int], list[str]]:
     """Utterance embeddings of the readable clips: ``(features, kept indices, error messages)``."""
     feats, kept, errors = [], [], []
@@ -96,8 +99,7 @@ def embed(
         if extractor is None:
             feats.append(logmel_statistics(waves, frontend))
         else:
-            out = extractor.extract_features(waves, layers=layer, utterance=pooling, batch_size=batch_size)
-            feats.append(out.embeddings.float().cpu())
+            feats.append(encoder_embeddings(extractor, waves, [layers], [pooling], batch_size)[(layers, pooling)])
         kept += [i for i, _ in good]
     dim = feats[0].shape[1] if feats else 0
     return (torch.cat(feats) if feats else torch.zeros(0, dim)), kept, errors
@@ -141,13 +143,16 @@ def run(args: argparse.Namespace) -> dict:
     if args.encoder is not None:
         extractor = load_encoder(args.encoder, args.device or "cpu")
         frontend, source = extractor.frontend, str(args.encoder)
+        parse_layers(args.layers, extractor.num_layers)  # a bad spec fails before any clip is read
+        if args.pooling == "cls" and extractor.encoder.cfg.num_extra_tokens == 0:
+            raise ToolError(f"{args.encoder}: this encoder has no CLS token; use another --pooling")
     else:
         extractor, frontend, source = None, FrontendConfig(), "logmel-statistics"
     splits = {}
     skipped: list[str] = []
     for name, labels in (("train", train), ("test", test)):
         paths = [item.path for item in labels.items]
-        x, kept, errors = embed(paths, extractor, frontend, args.batch_size, args.layer, args.pooling, name)
+        x, kept, errors = embed(paths, extractor, frontend, args.batch_size, args.layers, args.pooling, name)
         if not kept:
             raise ToolError(f"no readable clips in the {name} split ({errors[0] if errors else 'empty'})")
         splits[name] = (x, targets(labels, multilabel)[kept])
@@ -156,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"warning: skipped {msg}", file=sys.stderr)
     task = "multilabel" if multilabel else "multiclass"
     result = probe(*splits["train"], *splits["test"], task, num_classes=train.num_classes, **kwargs)
-    return result | {"features": source, "layer": args.layer if extractor else None,
+    return result | {"features": source, "layers": args.layers if extractor else None,
                      "pooling": args.pooling if extractor else None, "skipped": len(skipped)}
 
 
@@ -177,8 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--fold", type=int, help="ESC-50 test fold (1-5); the other folds train")
     ap.add_argument("--task", choices=TASKS, help="default: from the labels")
     ap.add_argument("--knn", type=int, help="also report cosine k-nearest-neighbour with this k")
-    ap.add_argument("--layer", type=int, default=-1, help="block whose output is used (default -1: last)")
-    ap.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="utterance embedding (default cls)")
+    ap.add_argument("--layers", "--layer", default=DEFAULT_LAYERS,
+                    help=f"block(s) read: -1 (last), 0 (first), 0+2 (concatenated), all (default {DEFAULT_LAYERS}; "
+                         "write --layers=-1 for a negative index)")
+    ap.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING,
+                    help=f"pooling of each block's tokens (default {DEFAULT_POOLING}; see tools/probe_protocol.py)")
     ap.add_argument("--weight-decays", type=float, nargs="+", default=list(DEFAULT_WEIGHT_DECAYS),
                     help="L2 grid searched on the validation split")
     ap.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch (default 16)")

@@ -10,9 +10,11 @@ Sources: every ``--encoder [NAME=]DIR`` (an export of ``tools/export_encoder.py`
 ``--control-from RUN_DIR`` the network that pretraining run started from (its config and seed, the first
 encoder's front-end; labelled "initial weights"), and the pooled log-mel baseline (``--no-logmel`` drops
 it). Layer specs: ``-1`` last block, ``0`` first, ``0+2`` concatenation, ``all`` every block. Poolings:
-``mean`` / ``meanstd`` of the patch tokens, ``cls``. Prints one markdown table per task (test accuracy;
-the probe's weight decay is chosen on 20 % of the training clips, see ``eat.eval.probe``). Unreadable
-clips are skipped and counted.
+``mean`` / ``meanstd`` of the patch tokens, ``band-mean`` / ``band-meanstd`` (the same within each
+frequency band, bands concatenated), ``cls``. Prints one markdown table per task (test accuracy; the
+probe's weight decay is chosen on 20 % of the training clips, see ``eat.eval.probe``) and, per source, the
+cell with the best validation score (marked ``*``): the number to report, chosen without the test split.
+Unreadable clips are skipped and counted.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from eat.data.manifest import ManifestError, read_path_label_csv
 from eat.eval.probe import DEFAULT_WEIGHT_DECAYS
 from eat.eval.protocol import (
     LOGMEL,
+    POOLINGS,
     check_poolings,
     encoder_embeddings,
     evaluate,
@@ -39,6 +42,7 @@ from eat.eval.protocol import (
     initial_weights,
     logmel_embeddings,
     parse_layers,
+    select_on_validation,
 )
 from eat.export import ExportError, load_encoder
 from eat.features import read_clips
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", type=Path, help="training csv (path,label), with --test")
     ap.add_argument("--test", type=Path, help="test csv")
     ap.add_argument("--layers", default="-1,all", help="comma-separated layer specs; write --layers=-1,... when the list starts with a minus (default -1,all)")
-    ap.add_argument("--pooling", default="mean,meanstd,cls", help="comma-separated poolings (default all three)")
+    ap.add_argument("--pooling", default=",".join(POOLINGS), help=f"comma-separated poolings (default all: {','.join(POOLINGS)})")
     ap.add_argument("--weight-decays", type=float, nargs="+", default=list(DEFAULT_WEIGHT_DECAYS),
                     help="L2 grid searched on the validation split")
     ap.add_argument("--batch-size", type=int, default=32, help="clips per encoder batch (default 32)")
@@ -125,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
             print(format_table(rows, poolings, title) + "\n", flush=True)
             print(f"({time.perf_counter() - t0:.0f} s)\n", file=sys.stderr, flush=True)
             results[task] = {"classes": names, "train": len(ty), "test": len(vy), "skipped": t_skip + v_skip,
-                             "rows": [dataclasses.asdict(r) for r in rows]}
+                             "rows": [dataclasses.asdict(r) for r in rows],
+                             "selected": {src: dataclasses.asdict(r) for src, r in select_on_validation(rows).items()}}
     except (ExportError, ManifestError, ValueError) as e:
         sys.exit(f"error: {e}")
     if args.json is not None:
