@@ -40,6 +40,33 @@ def test_multiclass_fit_is_the_penalised_optimum_sklearn_finds():
     np.testing.assert_allclose(ours, ref.predict_proba(z), atol=1e-5)
 
 
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_wide_features_fit_in_the_row_span_gives_the_full_problems_optimum(task):
+    # D = 200 > N = 24 (with a constant column and a duplicated one): the reduced fit must reach the same
+    # penalised optimum as L-BFGS on all 200 weights, i.e. the same probabilities on new data
+    x, y = _blobs(6, 4, 200, spread=6.0, seed=3)
+    x[:, 7] = 1.0
+    x[:, 9] = x[:, 8]
+    if task == "multilabel":
+        y = torch.nn.functional.one_hot(y, 4).double()
+        y[::3, 0] = 1.0
+    new = _blobs(5, 4, 200, spread=6.0, seed=4)[0]
+    act = torch.softmax if task == "multiclass" else (lambda s, _: torch.sigmoid(s))
+    def objective(m):
+        s = m.scores(x)
+        data = (torch.nn.functional.cross_entropy(s, y) if task == "multiclass"
+                else torch.nn.functional.binary_cross_entropy_with_logits(s, y, reduction="sum") / len(y))
+        return float(data + 0.5 * wd * m.weight.square().sum())
+
+    for wd in (1e-1, 1e-3):
+        full = fit_linear(x, y, task, 4, wd, reduce=False)
+        fast = fit_linear(x, y, task, 4, wd)
+        assert objective(fast) <= objective(full) + 1e-9  # at least as good an optimum of the same problem
+        torch.testing.assert_close(act(fast.scores(new), 1), act(full.scores(new), 1), atol=1e-4, rtol=0)
+        rows = (x - x.mean(0)) / fast.std  # the reduced weights lie in the span of the standardised rows
+        assert torch.linalg.matrix_rank(torch.cat([fast.weight, rows])) == torch.linalg.matrix_rank(rows)
+
+
 def test_multilabel_fit_matches_independent_binary_logistic_regressions():
     from sklearn.linear_model import LogisticRegression
 

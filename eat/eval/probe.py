@@ -51,18 +51,31 @@ def standardize_stats(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def fit_linear(
-    x: Tensor, y: Tensor, task: str, num_classes: int, weight_decay: float, max_iter: int = 1000
+    x: Tensor, y: Tensor, task: str, num_classes: int, weight_decay: float, max_iter: int = 1000,
+    reduce: bool = True,
 ) -> LinearModel:
     """Fit a linear classifier to raw features ``x (N, D)`` (standardised inside) and labels ``y``.
 
     ``y`` is ``(N,)`` class indices for ``multiclass`` (softmax cross-entropy) or ``(N, C)`` 0/1 targets
     for ``multilabel`` (sigmoid binary cross-entropy). Objective: mean loss + ``weight_decay / 2 *
     ||W||^2`` (the bias is not penalised), minimised by L-BFGS with a strong-Wolfe line search from zero.
+
+    Wider than tall (``D > N``, e.g. band-pooled features of every block), the fit runs in the span of
+    the training rows (``reduce``): the part of ``W`` orthogonal to every training row changes no logit
+    on them and only adds to the penalty, so the optimum lies in that span of at most ``N`` dimensions.
+    With an orthonormal basis ``B`` of it (the SVD of the standardised rows) the problem in ``a`` with
+    ``W = a B`` has the same loss and penalty: the same optimum, found on an ``N``-wide instead of a
+    ``D``-wide problem.
     """
     _check_task(task)
     mean, std = standardize_stats(x)
     z = (x - mean) / std
-    weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
+    basis = None
+    if reduce and z.shape[1] > z.shape[0]:
+        _, sv, vh = torch.linalg.svd(z, full_matrices=False)
+        basis = vh[sv > sv[0] * z.shape[1] * torch.finfo(z.dtype).eps]  # (r, D), orthonormal rows
+        z = z @ basis.T
+    weight = torch.zeros(num_classes, z.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
     target = y.long() if task == "multiclass" else y.to(x.dtype)
     opt = torch.optim.LBFGS(
@@ -78,7 +91,8 @@ def fit_linear(
 
     with torch.enable_grad():
         opt.step(closure)
-    return LinearModel(mean, std, weight.detach(), bias.detach())
+    weight = weight.detach() if basis is None else weight.detach() @ basis
+    return LinearModel(mean, std, weight, bias.detach())
 
 
 def knn_scores(

@@ -90,9 +90,16 @@ def configure_cpu_threads(env: DistEnv, threads: int = 0) -> int:
     return torch.get_num_threads()
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op when running alone)."""
+def shutdown(synchronize: bool = False) -> None:
+    """Leave the process group (no-op when running alone or when already left).
+
+    ``synchronize=True`` (the normal end of a run) waits for every rank first, so no rank tears down its
+    Gloo threads, or rank 0 the rendezvous store, while a peer is still talking to them; a rank that
+    exited early that way was seen to abort in C++ ("terminate called without an active exception") after
+    its last checkpoint was safely written. After an error the ranks may not all get here: no barrier."""
     if dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

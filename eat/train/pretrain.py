@@ -402,6 +402,7 @@ def run(cfg: PretrainConfig) -> int:
                                f"params{start}, {len(loader)} batches/epoch/rank of {cfg.data.batch_size} clips "
                                f"x {model_cfg.clone_batch} clones, out_dir {trainer.run_dir}")
         result = trainer.fit()
+        shutdown(synchronize=True)
     finally:
         shutdown()
     return PREEMPTED_EXIT if result.status == "preempted" else 0
