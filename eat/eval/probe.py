@@ -63,18 +63,17 @@ def fit_linear(
     Wider than tall (``D > N``, e.g. band-pooled features of every block), the fit runs in the span of
     the training rows (``reduce``): the part of ``W`` orthogonal to every training row changes no logit
     on them and only adds to the penalty, so the optimum lies in that span of at most ``N`` dimensions.
-    With an orthonormal basis ``B`` of it (the SVD of the standardised rows) the problem in ``a`` with
-    ``W = a B`` has the same loss and penalty: the same optimum, found on an ``N``-wide instead of a
-    ``D``-wide problem.
+    With ``B`` the ``N`` orthonormal rows of a QR factorisation of the standardised rows (``z.T = B.T R``;
+    QR, because an SVD of a 600 x 12,000 matrix is ten times slower), the problem in ``a`` with ``W = a B``
+    has the same loss and penalty: the same optimum, found on an ``N``-wide instead of a ``D``-wide problem.
     """
     _check_task(task)
     mean, std = standardize_stats(x)
     z = (x - mean) / std
     basis = None
     if reduce and z.shape[1] > z.shape[0]:
-        _, sv, vh = torch.linalg.svd(z, full_matrices=False)
-        basis = vh[sv > sv[0] * z.shape[1] * torch.finfo(z.dtype).eps]  # (r, D), orthonormal rows
-        z = z @ basis.T
+        q, r = torch.linalg.qr(z.T)  # (D, N) orthonormal columns, (N, N)
+        basis, z = q.T, r.T  # z = r.T @ basis: the rows' coordinates in the basis
     weight = torch.zeros(num_classes, z.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device, requires_grad=True)
     target = y.long() if task == "multiclass" else y.to(x.dtype)
