@@ -25,6 +25,7 @@ from eat.eval.protocol import (
     logmel_embeddings,
     parse_layers,
     pool_tokens,
+    seed_summary,
     select_on_validation,
 )
 from eat.features import FeatureExtractor, logmel_statistics
@@ -251,3 +252,23 @@ def test_tool_end_to_end_with_control_logmel_and_a_broken_clip(tmp_path):
     assert pre == init
     bad = subprocess.run(cmd[:-3] + ["--layers", "7"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "block 7 out of range" in bad.stderr
+
+
+def test_seed_summary_averages_each_sources_chosen_cell_over_seeds():
+    def doc(pre_name, scores):  # scores: (pre -1/mean, pre all/band-meanstd, control all/band-meanstd, log-mel)
+        rows = [Row(pre_name, "-1", "mean", scores[0], 4, 0.1, val_score=0.9),  # chosen for pre on validation
+                Row(pre_name, "all", "band-meanstd", scores[1], 4, 0.1, val_score=0.5),
+                Row("initial weights", "all", "band-meanstd", scores[2], 4, 0.1, val_score=0.5),
+                Row("log-mel", "-", "meanstd", scores[3], 4, 0.1, val_score=0.5)]
+        return {"tasks": {"kw": {"rows": [dataclasses.asdict(r) for r in rows]}}}
+
+    docs = [doc("s1@100", (0.6, 0.9, 0.3, 0.5)), doc("s2@100", (0.8, 0.1, 0.5, 0.5))]
+    lines = seed_summary(docs).splitlines()
+    assert lines[2] == ("| kw (n=2) | 0.700 ± 0.141 (-1/mean) | 0.400 ± 0.141 (all/band-meanstd) | "
+                        "0.500 ± 0.000 (-/meanstd) | +30.0 | +20.0 |")
+    fixed = seed_summary(docs, ("all", "band-meanstd")).splitlines()[2]
+    assert fixed.startswith("| kw (n=2) | 0.500 ± 0.566 (all/band-meanstd) |") and fixed.endswith("| +10.0 | +0.0 |")
+    two = doc("s1@100", (0.6, 0.9, 0.3, 0.5))
+    two["tasks"]["kw"]["rows"].append(dict(two["tasks"]["kw"]["rows"][0], source="other"))
+    with pytest.raises(ValueError, match="one pretrained encoder per file"):
+        seed_summary([two])

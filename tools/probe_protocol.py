@@ -14,7 +14,8 @@ it). Layer specs: ``-1`` last block, ``0`` first, ``0+2`` concatenation, ``all``
 frequency band, bands concatenated), ``cls``. Prints one markdown table per task (test accuracy; the
 probe's weight decay is chosen on 20 % of the training clips, see ``eat.eval.probe``) and, per source, the
 cell with the best validation score (marked ``*``): the number to report, chosen without the test split.
-Unreadable clips are skipped and counted.
+Unreadable clips are skipped and counted. ``--summarize a.json b.json c.json`` turns the JSON files of
+several seeds into one table: each source's validation-chosen cell, mean ± std over the seeds.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from eat.audio.io import AudioError
 from eat.data.manifest import ManifestError, read_path_label_csv
 from eat.eval.probe import DEFAULT_WEIGHT_DECAYS
 from eat.eval.protocol import (
+    CONTROL,
     LOGMEL,
     POOLINGS,
     check_poolings,
@@ -42,6 +44,7 @@ from eat.eval.protocol import (
     initial_weights,
     logmel_embeddings,
     parse_layers,
+    seed_summary,
     select_on_validation,
 )
 from eat.export import ExportError, load_encoder
@@ -79,7 +82,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--seed", type=int, default=0, help="validation split seed")
     ap.add_argument("--json", type=Path, help="also write every result to this file")
+    ap.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
+                    help="no probing: summarise --json files of several seeds (one pretrained encoder each): the "
+                         "validation-chosen cell of each source, mean ± std over the files")
+    ap.add_argument("--cell", metavar="LAYERS/POOLING",
+                    help="with --summarize: one cell for every source (e.g. all/meanstd) instead of the validation's")
     args = ap.parse_args(argv)
+    if args.summarize:
+        try:
+            docs = [json.loads(p.read_text()) for p in args.summarize]
+            cell = None
+            if args.cell:
+                layers, _, pooling = args.cell.partition("/")
+                cell = (layers, check_poolings([pooling])[0])
+            print(seed_summary(docs, cell))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"error: --summarize: {e}")
+        return
 
     tasks = [(d.name, d / "train.csv", d / "test.csv") for d in args.task_dir]
     if (args.train is None) != (args.test is None):
@@ -104,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             sources[name or path.name] = load_encoder(path, args.device)
         if args.control_from is not None:
             first = next(iter(sources.values()))
-            sources["initial weights"] = initial_weights(args.control_from, first.frontend).to(args.device)
+            sources[CONTROL] = initial_weights(args.control_from, first.frontend).to(args.device)
         frontend = next(iter(sources.values())).frontend if sources else FrontendConfig()
         if layer_specs and sources:  # validate the specs against every encoder before any work
             for ex in sources.values():

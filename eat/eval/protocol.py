@@ -24,6 +24,7 @@ the scale of the blocks changes the result.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from eat.train.pretrain import PretrainConfig, build_model
 
 POOLINGS = (*TOKEN_POOLINGS, "cls")
 LOGMEL = "log-mel"
+CONTROL = "initial weights"
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -184,4 +186,58 @@ def format_table(rows: Sequence[Row], poolings: Sequence[str], title: str = "") 
     for source, r in chosen.items():
         lines.append(f"* chosen on validation for {source}: layers {r.layers}, {r.pooling} -> test {r.score:.3f} "
                      f"(validation {r.val_score:.3f})")
+    return "\n".join(lines)
+
+
+def source_kind(source: str) -> str:
+    """``pretrained`` for an encoder source (any name but the two baselines), else the baseline's name."""
+    return source if source in (LOGMEL, CONTROL) else "pretrained"
+
+
+def _mean_std(vals: list[float], cells: set[str]) -> str:
+    if not vals:
+        return "-"
+    spread = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+    return f"{statistics.mean(vals):.3f}{spread} ({', '.join(sorted(cells))})"
+
+
+def fixed_cell(rows: Sequence[Row], layers: str, pooling: str) -> dict[str, Row]:
+    """Per source, the row of one cell chosen in advance (log-mel: the same pooling, where ``band-X`` is ``X``:
+    every mel bin is a band)."""
+    out: dict[str, Row] = {}
+    for r in rows:
+        if r.source == LOGMEL:
+            if r.pooling.removeprefix("band-") == pooling.removeprefix("band-"):
+                out.setdefault(r.source, r)
+        elif r.pooling == pooling and r.layers == layers:
+            out[r.source] = r
+    return out
+
+
+def seed_summary(results: Sequence[dict], cell: tuple[str, str] | None = None) -> str:
+    """Markdown: per task, the validation-chosen cell (or the fixed ``cell = (layers, pooling)``) of each
+    source kind (pretrained / initial weights / log-mel) as mean ± sample std over ``results`` (one
+    ``tools/probe_protocol.py --json`` document per seed, each with one pretrained encoder) and the cells
+    used, then pretrained minus each baseline in points (means over seeds)."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    cells: dict[str, dict[str, set[str]]] = {}
+    for doc in results:
+        for task, res in doc["tasks"].items():
+            rows = [Row(**row) for row in res["rows"]]
+            chosen = select_on_validation(rows) if cell is None else fixed_cell(rows, *cell)
+            kinds = [source_kind(s) for s in chosen]
+            if kinds.count("pretrained") != 1:
+                raise ValueError(f"task {task}: expected one pretrained encoder per file, found {kinds.count('pretrained')}")
+            for source, row in chosen.items():
+                kind = source_kind(source)
+                scores.setdefault(task, {}).setdefault(kind, []).append(row.score)
+                cells.setdefault(task, {}).setdefault(kind, set()).add(f"{row.layers}/{row.pooling}")
+    kinds = ["pretrained", CONTROL, LOGMEL]
+    lines = ["| task | " + " | ".join(kinds) + " | pretrained - initial | pretrained - log-mel |",
+             "|---|" + "---|" * (len(kinds) + 2)]
+    for task, sc in scores.items():
+        pre = statistics.mean(sc["pretrained"])
+        gaps = [f"{100 * (pre - statistics.mean(sc[k])):+.1f}" if k in sc else "-" for k in (CONTROL, LOGMEL)]
+        row = [_mean_std(sc.get(k, []), cells[task].get(k, set())) for k in kinds]
+        lines.append(f"| {task} (n={len(sc['pretrained'])}) | " + " | ".join(row + gaps) + " |")
     return "\n".join(lines)
