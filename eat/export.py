@@ -5,7 +5,8 @@ and loading it never unpickles anything (JSON and safetensors only). Layout::
 
     config.json        {"format": "eat-encoder", "format_version": 1,
                         "encoder": EncoderConfig fields, "frontend": FrontendConfig fields,
-                        "head": null | {"num_classes", "prediction_mode", "head_norm_eps", "class_names"?},
+                        "head": null | {"num_classes", "prediction_mode", "head_norm_eps", "class_names"?,
+                                 "layers"?, "pooling"? (the pooled head)},
                         "meta": {"source", "step", "created", "toolkit_version", ...}}
     model.safetensors  encoder.* (and fc_norm.*, head.* for classifiers), float32
 
@@ -39,7 +40,7 @@ from eat.audio.fbank import NORM_PRESETS, FrontendConfig
 from eat.config import ConfigError, from_dict, to_dict
 from eat.data.manifest import ManifestError, read_class_csv
 from eat.features import FeatureExtractor
-from eat.model.classifier import Classifier, ClassifierConfig
+from eat.model.classifier import Classifier, ClassifierConfig, head_spec
 from eat.model.vit import Encoder, EncoderConfig
 
 FORMAT = "eat-encoder"
@@ -47,7 +48,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOP_KEYS = ("format", "format_version", "encoder", "frontend", "head", "meta")
-HEAD_KEYS = ("num_classes", "prediction_mode", "head_norm_eps", "class_names")
+HEAD_KEYS = ("num_classes", "prediction_mode", "head_norm_eps", "class_names", "layers", "pooling")
 HEAD_PREFIXES = ("fc_norm.", "head.")
 
 log = logging.getLogger(__name__)
@@ -208,11 +209,15 @@ class AudioClassifier(nn.Module):
     def predict(self, audio: Tensor | list, sample_rate: int | None = None, lengths: Tensor | None = None) -> Tensor:
         """Logits ``(B, num_classes)`` for waveforms (a 1-D clip, a padded batch + ``lengths``, or a list)."""
         extractor = FeatureExtractor(self.classifier.encoder, self.frontend)
-        fb, _ = extractor.fbank(audio, sample_rate, lengths)  # frames past a clip's end hold the pad value
+        fb, frames = extractor.fbank(audio, sample_rate, lengths)  # frames past a clip's end hold the pad value
         short = self.frontend.target_length - fb.shape[1]
         if short > 0:
             fb = torch.nn.functional.pad(fb, (0, 0, 0, short), value=extractor.pad_value)
-        return self.classifier(fb[:, : self.frontend.target_length])
+        fb = fb[:, : self.frontend.target_length]
+        mask = None  # the pooled head was fitted on each clip's own columns (as fine-tuning feeds it)
+        if self.classifier.cfg.prediction_mode == "pooled":
+            mask = self.classifier.padding_mask(frames, fb.shape[1])
+        return self.classifier(fb, mask)
 
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> AudioClassifier:
@@ -306,8 +311,7 @@ def _export_ours(step: Path, out: Path, teacher: bool, preset: str | None, targe
         raise ExportError(f"{step / 'model.safetensors'}: neither a pretraining (student.*) nor a fine-tuning "
                         "(classifier.* or encoder.* + head.*) state dict")
     frontend = _frontend(to_dict(frontend), preset, target_length, step, ccfg.encoder.target_length)
-    head = {"num_classes": ccfg.num_classes, "prediction_mode": ccfg.prediction_mode,
-            "head_norm_eps": ccfg.head_norm_eps}
+    head = head_spec(ccfg)
     if class_names is not None:
         head["class_names"] = class_names
     path = save_export(out, ccfg.encoder, state, frontend, head=head, meta={**meta, "kind": "finetune"})
@@ -571,6 +575,11 @@ def _check_head(head: Any, where: str | os.PathLike) -> dict[str, Any] | None:
         raise ExportError(f"{where}: missing key 'head.num_classes'")
     out = {"num_classes": head["num_classes"], "prediction_mode": head.get("prediction_mode", "cls"),
            "head_norm_eps": head.get("head_norm_eps", 1e-6)}
+    for key in ("layers", "pooling"):  # the pooled head's blocks and pooling
+        if key in head:
+            if not isinstance(head[key], str):
+                raise ExportError(f"{where}: head.{key} must be a string")
+            out[key] = head[key]
     names = head.get("class_names")
     if names is not None:
         if not isinstance(names, list) or len(names) != head["num_classes"]:

@@ -128,8 +128,7 @@ class FeatureExtractor(nn.Module):
 
     def columns_for_frames(self, frames: Tensor) -> Tensor:
         """Columns needed to cover ``frames`` frames (at least one): the last column may be part padding."""
-        p, st = self.encoder.cfg.patch_size, self.encoder.cfg.patch_stride[0]
-        return torch.div((frames - p).clamp_min(0) + st - 1, st, rounding_mode="floor") + 1
+        return self.encoder.columns_for_frames(frames)
 
     # ------------------------------------------------------------------ encoder
     def forward(self, fbank: Tensor, padding_mask: Tensor | None = None) -> Tensor:
@@ -138,19 +137,7 @@ class FeatureExtractor(nn.Module):
 
     def _encode(self, x: Tensor, padding_mask: Tensor | None, layers: list[int]) -> list[Tensor]:
         """Outputs of the blocks in ``layers`` (non-negative indices); the last block's includes the final norm."""
-        wanted = {i for i in layers if i != self.num_layers - 1}
-        captured: dict[int, Tensor] = {}
-        hooks = [
-            self.encoder.blocks[i].register_forward_hook(lambda _m, _a, out, i=i: captured.__setitem__(i, out[0]))
-            for i in wanted
-        ]
-        try:
-            last = self.encoder(x, padding_mask)
-        finally:
-            for h in hooks:
-                h.remove()
-        captured[self.num_layers - 1] = last
-        return [captured[i] for i in layers]
+        return self.encoder(x, padding_mask, blocks=layers)
 
     # ------------------------------------------------------------------ inputs
     def fbank(

@@ -7,7 +7,9 @@ Tasks and their official EAT settings live in ``recipes/configs/finetune_{task}.
 ``esc50`` (5-fold cross-validation: train on 4 folds, evaluate on the 5th, for every fold; prints a table
 and writes ``OUT/esc50_summary.json``), ``as20k`` / ``as2m`` (AudioSet, EAT manifests + .lbl labels;
 AS-2M samples 200k class-weighted clips per epoch), ``spc2`` (Speech Commands v2 folder with its
-validation/testing lists) and ``generic`` (``path,label`` csv files ``data.train`` / ``data.valid``).
+validation/testing lists), ``generic`` (``path,label`` csv files ``data.train`` / ``data.valid``) and
+``small`` (the same csv files, a few hundred clips: LP-FT on the probe's embedding, the checkpoint chosen
+on a held-out part of the training clips and ``data.valid`` scored once with it).
 Any config key can be overridden as ``key.sub=value`` (e.g. ``train.max_steps=1000 optim.lr=1e-4``).
 The architecture comes from ``--init``'s config.json unless ``--preset`` names one (they must agree).
 Runs resume from ``OUT`` (per fold for ESC-50) when started again.
@@ -29,7 +31,7 @@ from eat.train.finetune import FinetuneConfig, FinetuneResult, run_finetune
 from eat.train.finetune_data import ESC50_FOLDS, task_splits
 from eat.train.trainer import PREEMPTED_EXIT, check_train_config
 
-TASKS = ("esc50", "as20k", "as2m", "spc2", "generic")
+TASKS = ("esc50", "as20k", "as2m", "spc2", "generic", "small")
 PRESETS = ("tiny", "base", "large", "ast_base", "passt_s")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -119,13 +121,18 @@ def run_single(cfg: FinetuneConfig, env: DistEnv) -> None:
         sys.exit(PREEMPTED_EXIT)
     if env.is_main:
         m = result.metric
-        summary = {"task": cfg.task, "metric": m, "last": result.last, "best": result.best,
-                   "history": result.history, "config": to_dict(cfg)}
+        summary = {"task": cfg.task, "metric": m, "last": result.last, "best": result.best, "test": result.test,
+                   "probe": result.probe, "history": result.history, "config": to_dict(cfg)}
         path = Path(cfg.train.out_dir) / f"{cfg.task}_summary.json"
         path.write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"best {m} {result.best[m]:.4f} at step {int(result.best['step'])} (exported to {result.out_dir / 'best'})")
+        where = "validation " if result.test else ""
+        print(f"best {where}{m} {result.best[m]:.4f} at step {int(result.best['step'])} "
+              f"(exported to {result.out_dir / 'best'})")
         print(f"summary written to {path}")
-        print(f"{m} (last checkpoint): {result.last[m]:.4f}")
+        if result.test:
+            print(f"{m} on {cfg.data.valid or 'the evaluation split'} (selected checkpoint): {result.test[m]:.4f}")
+        else:
+            print(f"{m} (last checkpoint): {result.last[m]:.4f}")
 
 
 def configure_logging(env: DistEnv) -> None:

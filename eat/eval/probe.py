@@ -147,6 +147,32 @@ def validation_split(y: Tensor, task: str, fraction: float, seed: int) -> tuple[
     return chosen[~in_val].sort().values, chosen[in_val].sort().values
 
 
+def weight_decay_on_validation(
+    x: Tensor, y: Tensor, task: str, num_classes: int, weight_decays: tuple[float, ...], val_fraction: float,
+    seed: int, max_iter: int = 1000,
+) -> tuple[float, dict[str, float]]:
+    """The probe's penalty choice: fit on the ``fit`` part of :func:`validation_split` ``(y, task,
+    val_fraction, seed)`` with every weight decay, keep the best validation score (ties to the lower
+    validation loss). Returns ``(weight decay, {f"{wd:g}": validation score})``; a one-value grid is taken
+    as is (no split, empty scores)."""
+    if len(weight_decays) == 1:
+        return weight_decays[0], {}
+    fit_idx, val_idx = validation_split(y, task, val_fraction, seed)
+    if len(val_idx) == 0 or len(fit_idx) == 0:
+        raise ValueError(f"the training set ({len(y)} clips) is too small for a validation split")
+    val_scores: dict[str, float] = {}
+    best_key, best_wd = None, weight_decays[0]
+    for wd in weight_decays:
+        model = fit_linear(x[fit_idx], y[fit_idx], task, num_classes, wd, max_iter)
+        logits = model.scores(x[val_idx])
+        val = score(logits, y[val_idx], task)
+        key = (val, -float(_data_loss(logits, _target(y[val_idx], task, logits), task)))
+        val_scores[f"{wd:g}"] = val
+        if best_key is None or key > best_key:
+            best_key, best_wd = key, wd
+    return best_wd, val_scores
+
+
 def probe(
     train_x: Tensor | np.ndarray,
     train_y: Tensor | np.ndarray,
@@ -194,21 +220,8 @@ def probe(
     if len(weight_decays) > 1 and not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
 
-    val_scores: dict[str, float] = {}
-    best_wd = weight_decays[0]
-    if len(weight_decays) > 1:
-        fit_idx, val_idx = validation_split(ty, task, val_fraction, seed)
-        if len(val_idx) == 0 or len(fit_idx) == 0:
-            raise ValueError(f"the training set ({len(ty)} clips) is too small for a validation split")
-        best_key = None
-        for wd in weight_decays:
-            model = fit_linear(tx[fit_idx], ty[fit_idx], task, num_classes, wd, max_iter)
-            logits = model.scores(tx[val_idx])
-            val = score(logits, ty[val_idx], task)
-            key = (val, -float(_data_loss(logits, _target(ty[val_idx], task, logits), task)))
-            val_scores[f"{wd:g}"] = val
-            if best_key is None or key > best_key:
-                best_key, best_wd = key, wd
+    best_wd, val_scores = weight_decay_on_validation(tx, ty, task, num_classes, weight_decays, val_fraction, seed,
+                                                     max_iter)
     model = fit_linear(tx, ty, task, num_classes, best_wd, max_iter)
     result = {
         "task": task,

@@ -36,31 +36,12 @@ from eat.audio.fbank import FrontendConfig
 from eat.config import load_config
 from eat.eval.probe import probe
 from eat.features import FeatureExtractor, logmel_statistics
-from eat.model.pooling import TOKEN_POOLINGS, pool_tokens
+from eat.model.pooling import TOKEN_POOLINGS, parse_layers, pool_tokens
 from eat.train.pretrain import PretrainConfig, build_model
 
 POOLINGS = (*TOKEN_POOLINGS, "cls")
 LOGMEL = "log-mel"
 CONTROL = "initial weights"
-
-
-def parse_layers(spec: str, num_layers: int) -> list[int]:
-    """Block indices (non-negative, in the given order) named by ``spec``: ``"-1"``, ``"1"``, ``"0+2"``, ``"all"``."""
-    spec = spec.strip()
-    if spec == "all":
-        return list(range(num_layers))
-    out = []
-    for part in spec.split("+"):
-        try:
-            i = int(part)
-        except ValueError:
-            raise ValueError(f"layer spec {spec!r}: {part!r} is not a block index (use e.g. -1, 0+2 or all)") from None
-        if not -num_layers <= i < num_layers:
-            raise ValueError(f"layer spec {spec!r}: block {i} out of range for an encoder with {num_layers} blocks")
-        out.append(i % num_layers)
-    if len(set(out)) != len(out):
-        raise ValueError(f"layer spec {spec!r} names a block twice")
-    return out
 
 
 def check_poolings(poolings: Sequence[str]) -> list[str]:

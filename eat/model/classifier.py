@@ -5,6 +5,12 @@ Heads (``prediction_mode``):
 * ``cls`` (EAT): output token 0 -> ``fc_norm`` (LayerNorm) -> ``head`` (Linear).
 * ``mean``: mean of the patch-token outputs (padding tokens excluded) -> ``fc_norm`` -> ``head``.
 * ``cls_dist`` (AST / PaSST): mean of the CLS and distillation outputs -> ``fc_norm`` -> ``head``.
+* ``pooled``: the frozen-feature probe's embedding made trainable: the patch tokens of the blocks named by
+  ``layers`` (a layer spec, :func:`eat.model.pooling.parse_layers`) are each pooled by ``pooling`` (one of
+  :data:`eat.model.pooling.TOKEN_POOLINGS`, padding excluded) and concatenated -> ``fc_norm`` (a
+  :class:`Standardize` with fixed per-dimension mean and std, identity until set) -> ``head``. With the
+  statistics and weights of a fitted :class:`eat.eval.probe.LinearModel` loaded (LP-FT, see
+  :mod:`eat.train.finetune`) the classifier computes exactly that probe's logits.
 
 The names ``encoder.*``, ``fc_norm.*`` and ``head.*`` are those of the official EAT fine-tuned checkpoint
 after key conversion, so ``Classifier.load_state_dict`` takes it as is. AST's ``mlp_head.0/1`` and
@@ -28,9 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from eat.config import ConfigError
+from eat.model.pooling import TOKEN_POOLINGS, parse_layers, pool_tokens, pooled_dim
 from eat.model.vit import Encoder, EncoderConfig
 
-PredictionMode = Literal["cls", "mean", "cls_dist"]
+PredictionMode = Literal["cls", "mean", "cls_dist", "pooled"]
 
 
 @dataclass
@@ -53,6 +60,7 @@ class ClassifierConfig:
 
     ``drop_path`` replaces the encoder's own rate (linear from 0 at the first block to this value at the
     last; EAT fine-tuning uses 0.1). ``head_norm_eps``: EAT 1e-6; AST/PaSST use PyTorch's default 1e-5.
+    ``layers`` / ``pooling``: the blocks and the token pooling of the ``pooled`` head (ignored by the others).
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -61,11 +69,25 @@ class ClassifierConfig:
     head_norm_eps: float = 1e-6
     drop_path: float = 0.0
     patchout: PatchoutConfig = field(default_factory=PatchoutConfig)
+    layers: str = "-1"
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be positive, got {self.num_classes}")
-        need = {"cls": 1, "cls_dist": 2, "mean": 0}[self.prediction_mode]
+        if self.prediction_mode not in ("cls", "mean", "cls_dist", "pooled"):
+            raise ConfigError(f"unknown prediction_mode {self.prediction_mode!r}; choose cls, mean, cls_dist or pooled")
+        if self.prediction_mode == "pooled":
+            if self.pooling not in TOKEN_POOLINGS:
+                raise ConfigError(f"pooling {self.pooling!r} unknown; choose from {', '.join(TOKEN_POOLINGS)}")
+            try:
+                parse_layers(self.layers, self.encoder.depth)
+            except ValueError as e:
+                raise ConfigError(f"layers: {e}") from None
+            if self.pooling.startswith("band-") and (self.patchout.s_f > 0 or self.patchout.u > 0):
+                raise ConfigError(f"pooling {self.pooling!r} pools per frequency band of the whole patch grid; "
+                                  "patchout may only remove time columns (s_t), set s_f and u to 0")
+        need = {"cls": 1, "cls_dist": 2, "mean": 0, "pooled": 0}[self.prediction_mode]
         if self.encoder.num_extra_tokens < need:
             raise ConfigError(
                 f"prediction_mode {self.prediction_mode!r} needs {need} extra token(s), the encoder has "
@@ -126,22 +148,43 @@ class Classifier(nn.Module):
         self.cfg = dataclasses.replace(cfg, encoder=encoder.cfg)
         self.encoder = encoder
         dim = encoder.cfg.embed_dim
-        self.fc_norm = nn.LayerNorm(dim, eps=cfg.head_norm_eps)
+        if cfg.prediction_mode == "pooled":
+            self.blocks = parse_layers(cfg.layers, len(encoder.blocks))
+            dim = len(self.blocks) * pooled_dim(cfg.pooling, dim, encoder.num_freq_patches)
+            self.fc_norm: nn.Module = Standardize(dim)
+        else:
+            self.fc_norm = nn.LayerNorm(dim, eps=cfg.head_norm_eps)
         self.head = nn.Linear(dim, cfg.num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
     def features(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """Pooled encoder output ``(B, D)`` (before ``fc_norm``); patchout applies in training mode."""
+        """Pooled encoder output ``(B, D)`` (before ``fc_norm``); patchout applies in training mode.
+
+        ``padding_mask`` ``(B, N)`` over the patch tokens, True = padding (see :meth:`padding_mask`)."""
         tokens = self.encoder.embed(x)
         patchout = self.cfg.patchout
+        if padding_mask is not None:
+            padding_mask = padding_mask[:, -tokens.shape[1]:]
         if self.training and patchout.active:
             ids = patchout_ids(self.encoder.grid(x.shape[-2]), patchout, tokens.shape[0], tokens.device)
             tokens = take_tokens(tokens, ids)
             if padding_mask is not None:
                 padding_mask = take_tokens(padding_mask, ids)
+        if self.cfg.prediction_mode == "pooled":
+            extra, bands = self.encoder.cfg.num_extra_tokens, self.encoder.num_freq_patches
+            outs = self.encoder.forward_tokens(tokens, padding_mask, blocks=self.blocks)
+            return torch.cat([pool_tokens(o[:, extra:], padding_mask, self.cfg.pooling, bands) for o in outs], 1)
         out = self.encoder.forward_tokens(tokens, padding_mask)
         return self.pool(out, padding_mask)
+
+    def padding_mask(self, frames: Tensor, total_frames: int) -> Tensor:
+        """Patch-token padding mask ``(B, T'*F')`` (True = padding) of inputs of ``total_frames`` frames whose
+        clips hold ``frames (B,)`` valid frames: the time columns past the clip's last (partly) valid one,
+        as :class:`eat.features.FeatureExtractor` masks them."""
+        t, f = self.encoder.grid(total_frames)
+        cols = self.encoder.columns_for_frames(frames.clamp(1, total_frames))
+        return (torch.arange(t, device=frames.device) >= cols[:, None]).repeat_interleave(f, dim=1)
 
     def pool(self, out: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Reduce encoder outputs ``(B, E + N, D)`` to ``(B, D)`` as ``prediction_mode`` says."""
@@ -158,6 +201,27 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         return self.head(self.fc_norm(self.features(x, padding_mask)))
+
+
+def head_spec(cfg: ClassifierConfig) -> dict:
+    """The head fields an export's ``config.json`` records (``eat.export``): what rebuilds the head."""
+    head = {"num_classes": cfg.num_classes, "prediction_mode": cfg.prediction_mode, "head_norm_eps": cfg.head_norm_eps}
+    if cfg.prediction_mode == "pooled":
+        head.update(layers=cfg.layers, pooling=cfg.pooling)
+    return head
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with fixed per-dimension statistics (buffers, saved with the model; identity
+    until set): the standardisation a linear probe fits on training features, kept as a layer."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
 
 
 def set_drop_path(encoder: Encoder, rate: float) -> None:

@@ -12,6 +12,9 @@ an optional padding mask (True = padding; a whole time column is padded or not).
   bands a linear probe sees the same spectral layout the encoder saw;
 * ``band-meanstd``: per band, the mean and std over time: ``[mean of all bands, std of all bands]``,
   ``(B, 2*F'*D)``.
+
+Which blocks' tokens are pooled is a layer spec (:func:`parse_layers`): ``"-1"``, ``"0+2"``, ``"all"``; a
+multi-block embedding is the per-block pooled vectors concatenated in the spec's order.
 """
 
 from __future__ import annotations
@@ -20,6 +23,25 @@ import torch
 from torch import Tensor
 
 TOKEN_POOLINGS = ("mean", "meanstd", "band-mean", "band-meanstd")
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """Block indices (non-negative, in the given order) named by ``spec``: ``"-1"``, ``"1"``, ``"0+2"``, ``"all"``."""
+    spec = spec.strip()
+    if spec == "all":
+        return list(range(num_layers))
+    out = []
+    for part in spec.split("+"):
+        try:
+            i = int(part)
+        except ValueError:
+            raise ValueError(f"layer spec {spec!r}: {part!r} is not a block index (use e.g. -1, 0+2 or all)") from None
+        if not -num_layers <= i < num_layers:
+            raise ValueError(f"layer spec {spec!r}: block {i} out of range for an encoder with {num_layers} blocks")
+        out.append(i % num_layers)
+    if len(set(out)) != len(out):
+        raise ValueError(f"layer spec {spec!r} names a block twice")
+    return out
 
 
 def pooled_dim(pooling: str, embed_dim: int, num_bands: int) -> int:

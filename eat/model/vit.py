@@ -18,6 +18,7 @@ post-LN blocks pre-LN2): EAT's teacher builds its targets from it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -246,6 +247,11 @@ class Encoder(nn.Module):
         tables = {"extra_tokens", "token_pos", "pos_embed", "time_pos", "freq_pos"}
         return {n for n, p in self.named_parameters() if p.dim() <= 1 or n in tables}
 
+    def columns_for_frames(self, frames: Tensor) -> Tensor:
+        """Time columns needed to cover ``frames`` frames (at least one): the last column may be part padding."""
+        p, st = self.cfg.patch_size, self.cfg.patch_stride[0]
+        return torch.div((frames - p).clamp_min(0) + st - 1, st, rounding_mode="floor") + 1
+
     def grid(self, num_frames: int) -> tuple[int, int]:
         """Patch grid (T', F') for ``num_frames`` frames, from the conv output-size formula."""
         p, (st, sf) = self.cfg.patch_size, self.cfg.patch_stride
@@ -298,13 +304,16 @@ class Encoder(nn.Module):
 
     # ---------------------------------------------------------------- transformer
     def forward_tokens(
-        self, tokens: Tensor, padding_mask: Tensor | None = None, return_ffn: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, tokens: Tensor, padding_mask: Tensor | None = None, return_ffn: bool = False,
+        blocks: Sequence[int] | None = None,
+    ) -> Tensor | list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Run already-embedded (and possibly already-gathered) patch tokens (B, N, D) through the stack.
 
         Prepends the extra tokens, applies the pre-norm, the blocks and the final norm. ``padding_mask``
         (B, N) or (B, E+N), True = padding, removes those tokens as attention keys. With ``return_ffn``
-        also returns the list of every block's FFN output (B, E+N, D).
+        also returns the list of every block's FFN output (B, E+N, D). ``blocks`` (non-negative block
+        indices) returns instead the list of those blocks' outputs (B, E+N, D), in that order; the last
+        block's output is taken after the final norm, so ``blocks=[depth - 1]`` is the usual output.
         """
         b = tokens.shape[0]
         if self.extra_tokens is not None:
@@ -315,12 +324,19 @@ class Encoder(nn.Module):
         attn_mask = None if padding_mask is None else self._attention_mask(padding_mask, tokens.shape[1])
         x = self.pre_norm(tokens) if self.pre_norm is not None else tokens
         ffn_outputs = []
-        for block in self.blocks:
+        captured: dict[int, Tensor] = {}
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
             x, ffn = block(x, attn_mask)
             if return_ffn:
                 ffn_outputs.append(ffn)
+            if blocks is not None and i != last:
+                captured[i] = x
         if self.norm is not None:
             x = self.norm(x)
+        if blocks is not None:
+            captured[last] = x
+            return [captured[i] for i in blocks]
         return (x, ffn_outputs) if return_ffn else x
 
     def forward(
@@ -330,18 +346,19 @@ class Encoder(nn.Module):
         time_offset: int | None = None,
         keep_ids: Tensor | None = None,
         return_ffn: bool = False,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        blocks: Sequence[int] | None = None,
+    ) -> Tensor | list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Spectrogram -> output tokens (B, E + T'*F', D), extra tokens first.
 
         ``keep_ids`` (R, V), R a multiple of B (sample-major clones, e.g. from ``mask_to_keep_ids``):
         embed once, then run only those patch tokens of every row -> (R, E + V, D). ``padding_mask`` refers
-        to the tokens that run. Wrappers such as FSDP2 gather parameters only around ``forward``, so code
+        to the tokens that run; ``blocks`` as in :meth:`forward_tokens`. Wrappers such as FSDP2 gather parameters only around ``forward``, so code
         that may run sharded calls this rather than ``embed`` + ``forward_tokens``.
         """
         tokens = self.embed(x, time_offset)
         if keep_ids is not None:
             tokens = gather_tokens(tokens, keep_ids)
-        return self.forward_tokens(tokens, padding_mask, return_ffn)
+        return self.forward_tokens(tokens, padding_mask, return_ffn, blocks)
 
     def _attention_mask(self, padding_mask: Tensor, seq_len: int) -> Tensor:
         extra = self.cfg.num_extra_tokens

@@ -12,6 +12,21 @@ The pieces the generic :class:`~eat.train.trainer.Trainer` needs come from here:
   tasks) with a progress bar; keeps the best model as an export directory (``<out>/best``).
 
 :func:`run_finetune` wires them for one train/eval split; ``recipes/finetune.py`` loops over ESC-50 folds.
+
+**Model selection.** With ``data.val_fraction`` > 0 a stratified part of the training clips is held out
+(the linear probe's own :func:`~eat.eval.probe.validation_split`, seeded with ``train.seed``): the
+evaluations during training and the best checkpoint use it, and the evaluation split is scored once, for the
+selected checkpoint (``FinetuneResult.test``). Without it the best checkpoint is picked on the evaluation split
+itself, as the official recipes report it (an optimistic number).
+
+**LP-FT** (``model.probe_init``; Kumar et al. 2022, "Fine-tuning can distort pretrained features"): before
+the first update the head is fitted exactly as the linear probe fits one (:func:`probe_init`: frozen
+features of the training clips, standardised with their statistics, L-BFGS logistic regression with the
+weight decay chosen on the same validation split), loaded into the classifier and evaluated as step 0. A
+randomly initialised head sends large, wrong gradients into the pretrained blocks during its first updates;
+a fitted head starts from the probe's optimum, so fine-tuning moves the encoder only where that improves the
+loss, and because step 0 takes part in the selection the chosen model is never worse than the probe on
+validation.
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from eat.audio.augment import AugmentConfig, augment_batch, augment_waveform, mixup
-from eat.audio.fbank import FrontendConfig
+from eat.audio.fbank import FrontendConfig, num_frames
 from eat.config import ConfigError, to_dict
 from eat.data.batch import Batch, model_input
 from eat.data.loaders import (
@@ -43,7 +58,8 @@ from eat.data.loaders import (
 from eat.data.manifest import LabelSet
 from eat.data.shards import ShardLabelledDataset, ShardSampler, labelled_dataset
 from eat.eval.metrics import accuracy, multilabel_summary
-from eat.model.classifier import Classifier, ClassifierConfig, PatchoutConfig, classifier_config
+from eat.eval.probe import DEFAULT_WEIGHT_DECAYS, fit_linear, validation_split, weight_decay_on_validation
+from eat.model.classifier import Classifier, ClassifierConfig, PatchoutConfig, classifier_config, head_spec
 from eat.model.imagenet_init import from_imagenet_vit
 from eat.model.vit import EncoderConfig
 from eat.train.dist import DistEnv
@@ -64,15 +80,30 @@ class ModelSection:
     ``preset``: ``tiny`` / ``base`` / ``large`` (EAT encoders with a CLS head), ``ast_base`` or ``passt_s``;
     empty means "the architecture in ``init``'s config.json", or ``base`` without ``init``. ``init`` is an
     exported encoder directory; ``imagenet`` a timm/DeiT ViT state dict (safetensors or weights-only torch
-    file) for the AST / PaSST presets. Empty ``prediction_mode`` takes the preset's head.
+    file) for the AST / PaSST presets. Empty ``prediction_mode`` takes the preset's head; ``pooled`` reads
+    the probe protocol's embedding: the blocks of the layer spec ``layers`` (``-1``, ``0+2``, ``all``) each
+    pooled by ``pooling`` (``mean``, ``meanstd``, ``band-mean``, ``band-meanstd``; see
+    :mod:`eat.model.pooling`), concatenated, standardised, then a Linear layer. ``probe_init`` (LP-FT, needs
+    ``data.val_fraction`` > 0) fits the head as the linear probe does before training, choosing its weight
+    decay among ``probe_weight_decays`` on the validation split. ``init_frontend`` replaces ``data.frontend``
+    by ``init``'s (normalisation statistics and length; ``data.frontend.crop`` is kept), so the encoder
+    sees its inputs exactly as its linear probe does. ``refit_head`` (with ``probe_init``): after selection,
+    the selected checkpoint's head is refitted on every training clip as the probe protocol fits a probe
+    (penalty re-chosen on the validation split), exported as ``final/`` and scored on the evaluation split.
     """
 
     preset: str = ""
     init: str = ""
     imagenet: str = ""
-    prediction_mode: Literal["", "cls", "mean", "cls_dist"] = ""
+    prediction_mode: Literal["", "cls", "mean", "cls_dist", "pooled"] = ""
     drop_path: float = 0.1
     patchout: PatchoutConfig = field(default_factory=PatchoutConfig)
+    layers: str = "-1"
+    pooling: str = "mean"
+    probe_init: bool = False
+    probe_weight_decays: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHT_DECAYS))
+    init_frontend: bool = False
+    refit_head: bool = False
 
 
 @dataclass
@@ -86,10 +117,12 @@ class LossSection:
 
 @dataclass
 class LayerDecaySection:
-    """Layer-wise LR decay (1.0 = off); ``form`` as in :mod:`eat.train.layer_decay`."""
+    """Layer-wise LR decay (1.0 = off); ``form`` as in :mod:`eat.train.layer_decay`. ``head_scale``: LR
+    scale of the head (``head``, ``fc_norm``), 1.0 = the peak LR as the official recipes use it."""
 
     decay: float = 0.65
     form: Literal["eat", "beit"] = "eat"
+    head_scale: float = 1.0
 
 
 @dataclass
@@ -148,7 +181,7 @@ def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
 
 def build_classifier(model: ModelSection, num_classes: int, target_length: int) -> Classifier:
     """The classifier a :class:`ModelSection` describes, for inputs of ``target_length`` frames."""
-    common = dict(drop_path=model.drop_path, patchout=model.patchout)
+    common = dict(drop_path=model.drop_path, patchout=model.patchout, layers=model.layers, pooling=model.pooling)
     if model.prediction_mode:
         common["prediction_mode"] = model.prediction_mode
     if not model.init:
@@ -207,12 +240,12 @@ class FinetuneModel(torch.nn.Module):
             self.generator.manual_seed(self.seed * 1_000_003 + batch_seed)
         return self.generator
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor,
-                batch_seed: int | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, source: torch.Tensor, target: torch.Tensor, batch_seed: int | None = None,
+                padding_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.training:
             gen = self._generator(source.device, batch_seed)
             source, target = augment_batch(source, target, self.augment, gen)
-        logits = self.classifier(source)
+        logits = self.classifier(source, padding_mask)
         loss = classification_loss(logits, target, self.use_bce, self.loss_cfg.label_smoothing, self.loss_cfg.bce_norm)
         return {"loss": loss}
 
@@ -221,11 +254,12 @@ class BatchPrep:
     """The trainer's ``prepare``: batch to device, soft targets when needed, waveform mixup + fbank."""
 
     def __init__(self, frontend: FrontendConfig, augment: AugmentConfig, num_classes: int, soft_targets: bool,
-                 seed: int = 0):
+                 seed: int = 0, classifier: Classifier | None = None):
         self.frontend, self.augment = frontend, augment
         self.num_classes, self.soft_targets = num_classes, soft_targets
         self.seed = seed
         self.generator = torch.Generator()
+        self.classifier = classifier  # given: the batch gets its padding mask (pooled head)
 
     def __call__(self, batch: Batch, device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
         batch_seed = batch_seed_of(batch["index"], batch.get("epoch")) if "index" in batch else None
@@ -236,14 +270,28 @@ class BatchPrep:
             target = F.one_hot(target, self.num_classes).float()
         a = self.augment
 
+        lengths = []
+
         def wave_mixup(wave: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal target
             wave, target, _ = mixup(wave, target, a.wave_mixup_alpha, a.wave_mixup_prob, self.generator,
                                     a.mixup_per_example, a.mixup_dominant)
-            return wave, torch.maximum(length, length.flip(0))
+            lengths.append(torch.maximum(length, length.flip(0)))
+            return wave, lengths[-1]
 
         source = model_input(batch, self.frontend, device, wave_mixup if a.wave_mixup_prob > 0 else None)
-        return {"source": source, "target": target, "batch_seed": batch_seed}, {"clips": float(source.shape[0])}
+        inputs = {"source": source, "target": target, "batch_seed": batch_seed}
+        if self.classifier is not None:
+            length = lengths[-1] if lengths else batch["length"].to(device, non_blocking=True)
+            inputs["padding_mask"] = input_padding_mask(self.classifier, length, self.frontend, source.shape[1])
+        return inputs, {"clips": float(source.shape[0])}
+
+
+def input_padding_mask(classifier: Classifier, length: torch.Tensor, frontend: FrontendConfig,
+                       total_frames: int) -> torch.Tensor:
+    """The patch padding mask of fixed-length inputs made from waveforms of ``length`` valid samples."""
+    frames = num_frames(length, frontend.sample_rate, frontend.frame_length_ms, frontend.frame_shift_ms)
+    return classifier.padding_mask(frames, total_frames)
 
 
 def batch_seed_of(index: torch.Tensor, epoch: torch.Tensor | None = None) -> int:
@@ -266,8 +314,9 @@ def _wave_transform(wave: torch.Tensor, generator: torch.Generator, cfg: Augment
 
 @torch.no_grad()
 def predict(classifier: Classifier, loader: SkippingLoader, frontend: FrontendConfig, env: DistEnv,
-            desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and targets of every clip of ``loader`` (all ranks' shares, in dataset order)."""
+            desc: str = "eval", features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (``features=True``: the pooled features before the head) and targets of every clip of
+    ``loader`` (all ranks' shares, in dataset order)."""
     was_training = classifier.training
     classifier.eval()
     device = env.device
@@ -275,8 +324,11 @@ def predict(classifier: Classifier, loader: SkippingLoader, frontend: FrontendCo
     indices, logits, targets = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not env.is_main, dynamic_ncols=True):
         x = model_input(batch, frontend, device)
+        mask = None
+        if classifier.cfg.prediction_mode == "pooled":  # the probe's features: each clip's own columns only
+            mask = input_padding_mask(classifier, batch["length"].to(device), frontend, x.shape[1])
         with autocast:
-            out = classifier(x)
+            out = classifier.features(x, mask) if features else classifier(x, mask)
         indices.append(batch["index"])
         logits.append(out.float().cpu())
         targets.append(batch["target"])
@@ -334,8 +386,7 @@ def export_classifier(classifier: Classifier, out: Path, cfg: FinetuneConfig, la
     from eat.export import save_export
 
     c = classifier.cfg
-    head = {"num_classes": c.num_classes, "prediction_mode": c.prediction_mode, "head_norm_eps": c.head_norm_eps,
-            "class_names": list(labels.class_names)}
+    head = {**head_spec(c), "class_names": list(labels.class_names)}
     return save_export(out, c.encoder, classifier.state_dict(), cfg.data.frontend, head=head,
                        meta={"source": f"finetune:{cfg.task}", **meta})
 
@@ -345,7 +396,11 @@ def export_classifier(classifier: Classifier, out: Path, cfg: FinetuneConfig, la
 
 @dataclass
 class FinetuneResult:
-    """What a run reports: the final evaluation, the best one (with its step) and every evaluation."""
+    """What a run reports: the final evaluation, the best one (with its step) and every evaluation.
+
+    With ``data.val_fraction`` > 0 these are validation results and ``test`` holds the evaluation split's
+    metrics of the selected (best) checkpoint; ``probe`` the LP-FT head fit (weight decay, validation scores).
+    """
 
     metric: str
     last: dict[str, float]
@@ -353,6 +408,8 @@ class FinetuneResult:
     history: list[dict[str, float]]
     out_dir: Path
     status: str
+    test: dict[str, float] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)
 
 
 def build_loaders(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet,
@@ -362,7 +419,7 @@ def build_loaders(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet,
     wave_tf = None
     if aug.roll or aug.gain != "none":
         wave_tf = functools.partial(_wave_transform, cfg=aug)
-    on_device = data.fbank_on_device or aug.wave_mixup_prob > 0
+    on_device = waveform_batches(cfg)
     train_ds = labelled_dataset(train_set, data.frontend, wave_transform=wave_tf, train=True,
                                 return_waveform=on_device, seed=seed, max_bad_fraction=data.max_bad_fraction)
     if data.weighted_sampling:
@@ -383,13 +440,79 @@ def build_loaders(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet,
         raise ConfigError(f"data.batch_size {data.batch_size} is larger than the {sampler.per_rank} training clips "
                           "per rank and epoch")
     train = build_loader(train_ds, sampler, data.batch_size, data.num_workers, train=True)
-    eval_ds = labelled_dataset(eval_set, data.frontend, train=False, return_waveform=data.fbank_on_device,
-                               seed=seed, max_bad_fraction=data.max_bad_fraction)
-    eval_sampler = ResumableDistributedSampler(len(eval_ds), env.world_size, env.rank, shuffle=False,
-                                               drop_last=False)
-    evaluation = build_loader(eval_ds, eval_sampler, data.eval_batch_size or data.batch_size, data.num_workers,
-                              train=False)
-    return train, evaluation
+    return train, eval_loader(cfg, eval_set, env)
+
+
+def waveform_batches(cfg: FinetuneConfig) -> bool:
+    """Whether the loaders return waveforms (the fbank then runs in the step): asked for, or needed by
+    waveform mixup or by the pooled head's padding mask (each clip's length)."""
+    return cfg.data.fbank_on_device or cfg.augment.wave_mixup_prob > 0 or cfg.model.prediction_mode == "pooled"
+
+
+def eval_loader(cfg: FinetuneConfig, labels: LabelSet, env: DistEnv) -> SkippingLoader:
+    """Clips of ``labels`` in order, unaugmented (head crop), each rank its share."""
+    data = cfg.data
+    ds = labelled_dataset(labels, data.frontend, train=False, return_waveform=waveform_batches(cfg),
+                          seed=cfg.train.seed, max_bad_fraction=data.max_bad_fraction)
+    sampler = ResumableDistributedSampler(len(ds), env.world_size, env.rank, shuffle=False, drop_last=False)
+    return build_loader(ds, sampler, data.eval_batch_size or data.batch_size, data.num_workers, train=False)
+
+
+def label_matrix(labels: LabelSet) -> torch.Tensor:
+    """Class indices ``(N,)`` (single-label) or a 0/1 matrix ``(N, C)`` (multi-label) of ``labels``' clips."""
+    if not labels.multi_label:
+        return torch.tensor([it.labels[0] for it in labels.items], dtype=torch.long)
+    out = torch.zeros(len(labels), labels.num_classes)
+    for i, it in enumerate(labels.items):
+        out[i, list(it.labels)] = 1.0
+    return out
+
+
+def holdout_split(train_set: LabelSet, fraction: float, seed: int) -> tuple[LabelSet, LabelSet, torch.Tensor]:
+    """``(fit, validation, validation indices)``: the probe's stratified :func:`validation_split` of the
+    training clips (same labels order and seed, same split)."""
+    task = "multilabel" if train_set.multi_label else "multiclass"
+    fit_idx, val_idx = validation_split(label_matrix(train_set), task, fraction, seed)
+    if len(fit_idx) == 0 or len(val_idx) == 0:
+        raise ConfigError(f"data.val_fraction {fraction} leaves no clip on one side of the {len(train_set)} "
+                          "training clips")
+    part = [dataclasses.replace(train_set, items=[train_set.items[int(i)] for i in idx]) for idx in (fit_idx, val_idx)]
+    return part[0], part[1], val_idx
+
+
+@torch.no_grad()
+def probe_init(classifier: Classifier, cfg: FinetuneConfig, train_set: LabelSet, env: DistEnv,
+               refit: bool = False) -> dict[str, Any]:
+    """Fit ``classifier``'s pooled head as :mod:`eat.eval.probe` fits a linear probe of its encoder and load
+    it (standardisation into ``fc_norm``, weights into ``head``).
+
+    Features are the classifier's own pooled features of every training clip (unaugmented, eval mode), so
+    the head sees what it will see in training; the weight decay is chosen by
+    :func:`~eat.eval.probe.weight_decay_on_validation` on the ``data.val_fraction`` split seeded with
+    ``train.seed`` (the split fine-tuning holds out). LP-FT's first stage (``refit=False``) fits the head on
+    the fitting part only, so the validation clips stay unseen by every model the selection compares; the
+    final refit (``refit=True``, ``model.refit_head``) fits it on every training clip, exactly as the probe
+    protocol fits its probe. Returns the fit's record."""
+    if classifier.cfg.prediction_mode != "pooled":
+        raise ConfigError("model.probe_init needs model.prediction_mode: pooled (the probe's head)")
+    task = "multilabel" if train_set.multi_label else "multiclass"
+    x, _ = predict(classifier, eval_loader(cfg, train_set, env), cfg.data.frontend, env, "probe features",
+                   features=True)
+    y = label_matrix(train_set)
+    if x.shape[0] != y.shape[0]:  # the split is over every clip's label: a skipped clip would shift it
+        raise ConfigError(f"model.probe_init: {y.shape[0] - x.shape[0]} of the {y.shape[0]} training clips could "
+                          "not be read; remove them from the training list")
+    x = x.double()
+    fraction, seed = cfg.data.val_fraction, cfg.train.seed
+    wd, scores = weight_decay_on_validation(x, y, task, train_set.num_classes, tuple(cfg.model.probe_weight_decays),
+                                            fraction, seed)
+    fit_idx = torch.arange(len(y)) if refit else validation_split(y, task, fraction, seed)[0]
+    model = fit_linear(x[fit_idx], y[fit_idx], task, train_set.num_classes, wd)
+    classifier.fc_norm.mean.copy_(model.mean)
+    classifier.fc_norm.std.copy_(model.std)
+    classifier.head.weight.copy_(model.weight)
+    classifier.head.bias.copy_(model.bias)
+    return {"weight_decay": wd, "val_scores": scores, "dim": int(x.shape[1])}
 
 
 def run_finetune(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet, out_dir: str | Path,
@@ -397,7 +520,9 @@ def run_finetune(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet, o
     """Fine-tune on ``train_set``, evaluating on ``eval_set`` every ``eval_every_epochs`` and at the end.
 
     ``out_dir`` gets the trainer's checkpoints and logs, ``best/`` (export of the best evaluation) and
-    ``last/`` (export of the final model). Re-running with the same ``out_dir`` resumes.
+    ``last/`` (export of the final model). Re-running with the same ``out_dir`` resumes. With
+    ``data.val_fraction`` > 0 the evaluations run on the held-out part of ``train_set`` and ``eval_set`` is
+    scored once at the end with the best checkpoint (``test_metrics.json``, ``FinetuneResult.test``).
     """
     out = Path(out_dir)
     if train_set.class_names != eval_set.class_names:
@@ -405,6 +530,12 @@ def run_finetune(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet, o
     multi = train_set.multi_label
     if multi and cfg.loss.kind == "ce":
         raise ConfigError("loss.kind 'ce' needs single-label data; this task is multi-label")
+    check_selection_config(cfg)
+    cfg = with_init_frontend(cfg)
+    test_set = eval_set
+    full_train = train_set
+    if cfg.data.val_fraction > 0:
+        train_set, eval_set, _ = holdout_split(train_set, cfg.data.val_fraction, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)  # the same fresh head (and scratch encoder) on every rank and rerun
     classifier = build_classifier(cfg.model, train_set.num_classes, cfg.data.frontend.target_length)
     if classifier.cfg.encoder.num_mel_bins != cfg.data.frontend.num_mel_bins:
@@ -413,18 +544,26 @@ def run_finetune(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet, o
     aug = cfg.augment
     mixing = aug.spec_mixup_prob > 0 or aug.wave_mixup_prob > 0
     model = FinetuneModel(classifier, aug, cfg.loss, multi, seed=cfg.train.seed + env.rank)
-    train_loader, eval_loader = build_loaders(cfg, train_set, eval_set, env)
-    tracker = EvalTracker(eval_loader, cfg, eval_set, env, out)
+    train_loader, val_loader = build_loaders(cfg, train_set, eval_set, env)
+    tracker = EvalTracker(val_loader, cfg, eval_set, env, out)
     train_cfg = dataclasses.replace(cfg.train, out_dir=str(out),
                                     eval_every=max(1, cfg.eval_every_epochs) * len(train_loader))
     depth = classifier.cfg.encoder.depth
     groups = functools.partial(finetune_param_groups, weight_decay=cfg.optim.weight_decay,
                                layer_decay=cfg.layer_decay.decay, depth=depth, form=cfg.layer_decay.form,
-                               decay_all=cfg.optim.decay_all)
+                               decay_all=cfg.optim.decay_all, head_scale=cfg.layer_decay.head_scale)
+    pooled = classifier.cfg.prediction_mode == "pooled"
     prep = BatchPrep(cfg.data.frontend, aug, train_set.num_classes, soft_targets=multi or model.use_bce or mixing,
-                     seed=cfg.train.seed + env.rank)
+                     seed=cfg.train.seed + env.rank, classifier=classifier if pooled else None)
     trainer = Trainer(model, train_loader, train_cfg, cfg.optim, env, groups, prepare=prep, eval_fn=tracker,
                       config=to_dict(cfg))
+    probe_record: dict[str, Any] = {}
+    if cfg.model.probe_init and trainer.step == 0:  # a resumed run restored its trained head instead
+        probe_record = probe_init(classifier, cfg, full_train, env)
+        step0 = tracker(model, 0)
+        trainer.logger.console(f"LP-FT: probe head fitted (weight decay {probe_record['weight_decay']:g}, "
+                               f"{probe_record['dim']} features); step 0 on validation: "
+                               + ", ".join(f"{k} {v:.4f}" for k, v in step0.items()))
     n_params = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
     trainer.logger.console(
         f"{cfg.task}: {n_params / 1e6:.2f} M trainable params ({classifier.cfg.prediction_mode} head, "
@@ -433,4 +572,74 @@ def run_finetune(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet, o
     result = trainer.fit()
     if env.is_main and result.status == "done":
         export_classifier(classifier, out / "last", cfg, eval_set, {"step": result.step, **tracker.last})
-    return FinetuneResult(tracker.metric, tracker.last, tracker.best, tracker.history, out, result.status)
+    test: dict[str, float] = {}
+    if cfg.data.val_fraction > 0 and result.status == "done":
+        test = score_best(classifier, cfg, test_set, env, out, tracker)
+        if cfg.model.refit_head:
+            refit = probe_init(classifier, cfg, full_train, env, refit=True)
+            logits, targets = predict(classifier, eval_loader(cfg, test_set, env), cfg.data.frontend, env, "test")
+            test = {**{f"{k}_trained_head": v for k, v in test.items() if k != "step"}, "step": test["step"],
+                    **classification_metrics(logits, targets, test_set.multi_label)}
+            probe_record["refit"] = refit
+            if env.is_main:
+                export_classifier(classifier, out / "final", cfg, test_set, {"step": test["step"], "refit_head": True})
+                (out / "test_metrics.json").write_text(json.dumps(test, indent=1) + "\n")
+    return FinetuneResult(tracker.metric, tracker.last, tracker.best, tracker.history, out, result.status, test,
+                          probe_record)
+
+
+def with_init_frontend(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` with ``model.init``'s front-end when ``model.init_frontend`` asks for it (crop kept)."""
+    if not cfg.model.init_frontend:
+        return cfg
+    if not cfg.model.init:
+        raise ConfigError("model.init_frontend needs an --init export (whose front-end to use)")
+    from eat.export import ExportError, read_export
+
+    try:
+        exported, _ = read_export(cfg.model.init)
+    except ExportError as e:
+        raise ConfigError(f"--init: {e}") from None
+    frontend = dataclasses.replace(exported.frontend, crop=cfg.data.frontend.crop)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, frontend=frontend))
+
+
+def check_selection_config(cfg: FinetuneConfig) -> None:
+    """One-line errors for settings of the validation split, LP-FT and the pooled head that cannot work."""
+    frac = cfg.data.val_fraction
+    if not 0.0 <= frac < 1.0:
+        raise ConfigError(f"data.val_fraction must lie in [0, 1), got {frac}")
+    if frac > 0 and cfg.data.format == "shards":
+        raise ConfigError("data.val_fraction: holding out clips of a shard set is not supported; "
+                          "write the validation clips to shards of their own")
+    if cfg.model.refit_head and not cfg.model.probe_init:
+        raise ConfigError("model.refit_head needs model.probe_init (the head is refitted as LP-FT fitted it)")
+    if cfg.model.probe_init:
+        if cfg.model.prediction_mode != "pooled":
+            raise ConfigError("model.probe_init needs model.prediction_mode: pooled (the probe's head)")
+        if frac <= 0:
+            raise ConfigError("model.probe_init needs data.val_fraction > 0 (the probe's weight decay is chosen "
+                              "on that split, and step 0 is evaluated on it)")
+        wds = cfg.model.probe_weight_decays
+        if not wds or not all(math.isfinite(w) and w >= 0 for w in wds):
+            raise ConfigError(f"model.probe_weight_decays must be one or more finite values >= 0, got {wds}")
+    if cfg.model.prediction_mode == "pooled" and cfg.augment.spec_mixup_prob > 0:
+        raise ConfigError("augment.spec_mixup_prob: the pooled head masks each clip's padding, which spectrogram "
+                          "mixup would blend with another clip's; use augment.wave_mixup_prob instead")
+
+
+def score_best(classifier: Classifier, cfg: FinetuneConfig, test_set: LabelSet, env: DistEnv, out: Path,
+               tracker: EvalTracker) -> dict[str, float]:
+    """The evaluation split's metrics of the selected checkpoint (``out/best``), written to
+    ``out/test_metrics.json``; ``classifier`` is left holding the selected weights."""
+    from eat.export import read_export
+
+    if env.distributed:
+        dist.barrier()  # best/ is written by rank 0
+    _, tensors = read_export(tracker.best_dir)
+    classifier.load_state_dict(tensors)
+    logits, targets = predict(classifier, eval_loader(cfg, test_set, env), cfg.data.frontend, env, "test")
+    test = {"step": tracker.best["step"], **classification_metrics(logits, targets, test_set.multi_label)}
+    if env.is_main:
+        (out / "test_metrics.json").write_text(json.dumps(test, indent=1) + "\n")
+    return test

@@ -46,7 +46,11 @@ class DataSection:
     ``epoch_samples`` clips per epoch without replacement, weights from ``sample_weights`` (one number per
     line, AST/PSLA-style file) or, when empty, computed as the sum over a clip's labels of
     1000 / (class count + 100). ``fbank_on_device`` makes the loaders return waveforms and computes the
-    fbank in the training step (on the GPU); waveform mixup turns it on. ``shard_window`` is the
+    fbank in the training step (on the GPU); waveform mixup and the ``pooled`` head (whose padding mask
+    needs each clip's length) turn it on. ``val_fraction`` > 0 holds out that stratified fraction of the
+    training clips (:func:`eat.eval.probe.validation_split` seeded with ``train.seed``: the split the linear
+    probe of the same seed uses); periodic evaluation and the best checkpoint then use those clips, and the
+    evaluation split is scored once, for the selected checkpoint. ``shard_window`` is the
     shuffle window (clips) of the training order with ``format: shards`` (see ``eat.data.shards``).
     """
 
@@ -69,6 +73,7 @@ class DataSection:
     fbank_on_device: bool = False
     max_bad_fraction: float = 0.01
     shard_window: int = 4096
+    val_fraction: float = 0.0
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
 
 

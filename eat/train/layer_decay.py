@@ -28,6 +28,7 @@ from eat.train.optim import param_groups
 DecayForm = Literal["eat", "beit"]
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_HEAD = re.compile(r"(?:^|\.)(head|fc_norm)\.")
 _EMBEDDING = re.compile(r"(?:^|\.)(patch_embed|pos_embed|time_pos|freq_pos|token_pos|extra_tokens|pre_norm)(?:\.|$)")
 
 
@@ -58,11 +59,20 @@ def finetune_param_groups(
     form: DecayForm = "eat",
     decay_all: bool = True,
     no_decay: tuple[str, ...] = ("extra_tokens", "token_pos", "pos_embed", "time_pos", "freq_pos"),
+    head_scale: float = 1.0,
 ) -> list[dict]:
     """AdamW groups with layer-decayed LR scales (``layer_decay=1`` switches the decay off).
 
     ``decay_all=True`` puts weight decay on every parameter (what the official fairseq run does);
     otherwise biases, norm gains and the ``no_decay`` names (tokens, positional tables) get none.
+    ``head_scale`` multiplies the LR of the classifier head (``head.*``, ``fc_norm.*``) instead of its
+    layer-decay scale of 1.0: a freshly fitted or random head can move faster than the pretrained blocks.
     """
-    scale = layer_decay_scale(layer_decay, depth, form) if layer_decay != 1.0 else None
+    ladder = layer_decay_scale(layer_decay, depth, form) if layer_decay != 1.0 else None
+    scale = ladder
+    if head_scale != 1.0:
+        def scale(name: str) -> float:
+            if _HEAD.search(name):
+                return head_scale
+            return ladder(name) if ladder is not None else 1.0
     return param_groups(model, weight_decay, decay_all=decay_all, no_decay=no_decay, lr_scale=scale)
