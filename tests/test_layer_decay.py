@@ -59,3 +59,14 @@ def test_groups_carry_scales_and_weight_decay():
     set_lr(opt, 2e-4)
     assert sorted({round(g["lr"], 12) for g in opt.param_groups}) == sorted(
         {round(2e-4 * s, 12) for s in (0.125, 0.25, 0.5, 1.0)})
+
+
+def test_head_scale_sets_only_the_heads_lr():
+    model = tiny_classifier()
+    for decay in (0.5, 1.0):
+        groups = finetune_param_groups(model, 0.05, decay, depth=3, form="eat", head_scale=10.0)
+        by_name = {n: g["lr_scale"] for g in groups for n in g["names"]}
+        for name in by_name:
+            want = 10.0 if name.startswith(("head.", "fc_norm.")) else expected_scale(name, "eat", decay)
+            assert by_name[name] == pytest.approx(want), name
+        assert by_name["head.weight"] == 10.0 and by_name["fc_norm.weight"] == 10.0

@@ -281,3 +281,24 @@ def test_refit_of_an_unmoved_encoder_is_the_probe_protocols_probe(task, tmp_path
                 val_fraction=0.2)
     assert result.test["acc"] == pytest.approx(ref["score"])
     assert result.probe["refit"]["weight_decay"] == ref["weight_decay"]
+
+
+def test_bench_tool_table_resume_and_errors(task, tmp_path, capsys):
+    root, _, _, export = task
+    tool = ROOT / "tools" / "bench_small_finetune.py"
+    argv = ["--task-dir", str(root), "--encoder", str(export), "--seeds", "0", "1", "--out", str(tmp_path / "b"),
+            "data.batch_size=8", "data.num_workers=0", "train.max_steps=3", "optim.warmup_steps=1",
+            "model.probe_weight_decays=[0.001,0.1]"]
+    proc = subprocess.run([sys.executable, str(tool), *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    rows = [ln for ln in lines if ln.startswith(f"| {root.name} |")]
+    assert len(rows) == 3  # two seeds, one summary row
+    assert "[2/2]" in proc.stdout and "ETA" in proc.stdout
+    again = subprocess.run([sys.executable, str(tool), *argv], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "done before" in again.stdout  # finished runs are not repeated
+    assert [ln for ln in again.stdout.splitlines() if ln.startswith(f"| {root.name} |")] == rows
+    bad = subprocess.run([sys.executable, str(tool), "--task-dir", str(root), "--encoder", str(export), str(export),
+                          "--seeds", "0", "1", "2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        "error: --encoder: give one export or one per seed (3), got 2"]
