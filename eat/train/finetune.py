@@ -399,7 +399,9 @@ class FinetuneResult:
     """What a run reports: the final evaluation, the best one (with its step) and every evaluation.
 
     With ``data.val_fraction`` > 0 these are validation results and ``test`` holds the evaluation split's
-    metrics of the selected (best) checkpoint; ``probe`` the LP-FT head fit (weight decay, validation scores).
+    metrics of the selected (best) checkpoint, or with ``model.refit_head`` those of its refitted head (the
+    trained head's as ``<metric>_trained_head``); ``probe`` the LP-FT head fit (weight decay, validation
+    scores; ``refit``: the final refit's).
     """
 
     metric: str
