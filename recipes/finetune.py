@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             configure_logging(env)
             (run_esc50 if args.task == "esc50" else run_single)(cfg, env)
+            shutdown(synchronize=True)  # ranks leave together (see eat.train.dist.shutdown)
         finally:
             shutdown()
     finally:
