@@ -314,9 +314,16 @@ def test_make_shards_user_errors_are_one_line(tmp_path):
     assert junk.returncode == 1 and junk.stderr.count("\n") == 1 and "could be read" in junk.stderr
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored (no
+    # KeyboardInterrupt): a suite launched with `cmd &` would see the Ctrl-C drill run to the end. Give the
+    # tool the disposition a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_writer(manifest: Path, out: Path, *args) -> subprocess.Popen:
     return subprocess.Popen(_cmd("tools/make_shards.py", manifest, out, *args), env=ENV, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for_shards(out: Path, count: int) -> None:
