@@ -37,7 +37,6 @@ from eat.train.finetune import (
     check_selection_config,
     eval_loader,
     holdout_split,
-    label_matrix,
     predict,
     probe_init,
     run_finetune,
@@ -95,9 +94,9 @@ def test_validation_split_is_the_probes_disjoint_and_stratified():
     fit, val, val_idx = holdout_split(labels, 0.2, seed=7)
     paths = lambda s: {it.path for it in s.items}  # noqa: E731
     assert not paths(fit) & paths(val) and paths(fit) | paths(val) == paths(labels)
-    per_class = torch.bincount(label_matrix(val), minlength=4).tolist()
+    per_class = torch.bincount(val.targets(), minlength=4).tolist()
     assert per_class == [2, 2, 1, 0]  # round(0.2 * n) of every class; a single clip stays in training
-    _, probe_val = validation_split(label_matrix(labels), "multiclass", 0.2, seed=7)
+    _, probe_val = validation_split(labels.targets(), "multiclass", 0.2, seed=7)
     assert torch.equal(val_idx, probe_val)  # the probe's own split for the same seed
     assert [it.path for it in val.items] == [labels.items[int(i)].path for i in probe_val]
 
@@ -168,7 +167,7 @@ def test_step0_head_is_the_linear_probe(task, tmp_path):
     x, _ = predict(clf, loader, cfg.data.frontend, CPU, features=True)
     logits, _ = predict(clf, loader, cfg.data.frontend, CPU)
     # eat.eval.probe on the same features: its penalty choice and its fit on the split's fitting part
-    y = label_matrix(labels)
+    y = labels.targets()
     x = x.double()
     wd, scores = weight_decay_on_validation(x, y, "multiclass", 3, DEFAULT_WEIGHT_DECAYS, 0.2, cfg.train.seed)
     fit_idx, _ = validation_split(y, "multiclass", 0.2, cfg.train.seed)
@@ -228,7 +227,7 @@ def test_selection_config_errors(task, tmp_path, overrides, expected):
 
 def test_pooled_head_config_errors():
     for kwargs, expected in [
-        (dict(pooling="max"), "pooling 'max' unknown"),
+        (dict(pooling="max"), "pooling: unknown token pooling 'max'"),
         (dict(layers="0+5"), "block 5 out of range"),
         (dict(pooling="band-mean", patchout=PatchoutConfig(s_f=1)), "may only remove time columns"),
     ]:
@@ -279,7 +278,7 @@ def test_refit_of_an_unmoved_encoder_is_the_probe_protocols_probe(task, tmp_path
     test_labels = read_path_label_csv(test, class_names=labels.class_names)
     feats = [encoder_embeddings(extractor, [load_audio(it.path, SR) for it in s.items], ["all"], ["band-meanstd"])
              [("all", "band-meanstd")] for s in (labels, test_labels)]
-    ref = probe(feats[0], label_matrix(labels), feats[1], label_matrix(test_labels), seed=cfg.train.seed,
+    ref = probe(feats[0], labels.targets(), feats[1], test_labels.targets(), seed=cfg.train.seed,
                 val_fraction=0.2)
     assert result.test["acc"] == pytest.approx(ref["score"])
     assert result.probe["refit"]["weight_decay"] == ref["weight_decay"]

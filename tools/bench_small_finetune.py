@@ -38,7 +38,7 @@ from eat.eval.protocol import encoder_embeddings
 from eat.export import load_encoder
 from eat.features import read_clips
 from eat.train.dist import DistEnv
-from eat.train.finetune import FinetuneConfig, label_matrix, run_finetune
+from eat.train.finetune import FinetuneConfig, run_finetune
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "finetune_small.yaml"
 
@@ -79,7 +79,7 @@ def linear_probe(encoder: Path, train: LabelSet, test: LabelSet, cfg: FinetuneCo
         if bad:
             raise UsageError(f"{len(bad)} unreadable clip(s), first: {bad[0]}")
         feats.append(encoder_embeddings(extractor, waves, [spec], [pooling])[(spec, pooling)])
-    r = probe(feats[0], label_matrix(train), feats[1], label_matrix(test), "multiclass",
+    r = probe(feats[0], train.targets(), feats[1], test.targets(), "multiclass",
               num_classes=train.num_classes, weight_decays=tuple(cfg.model.probe_weight_decays),
               val_fraction=cfg.data.val_fraction, seed=seed)
     return {"acc": r["score"], "weight_decay": r["weight_decay"], "dim": r["dim"]}

@@ -70,16 +70,6 @@ def read_split(path: Path, class_csv: Path | None, class_names: list[str] | None
     raise ToolError(f"{path}: unknown label file type {suffix or '(none)'}; use .csv, .tsv or .json")
 
 
-def targets(labels: LabelSet, multilabel: bool) -> torch.Tensor:
-    """``(N,)`` class indices or an ``(N, C)`` 0/1 matrix."""
-    if not multilabel:
-        return torch.tensor([item.labels[0] for item in labels.items], dtype=torch.long)
-    y = torch.zeros(len(labels.items), labels.num_classes)
-    for i, item in enumerate(labels.items):
-        y[i, list(item.labels)] = 1.0
-    return y
-
-
 # ---------------------------------------------------------------------------------------------- features
 
 
@@ -155,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
         x, kept, errors = embed(paths, extractor, frontend, args.batch_size, args.layers, args.pooling, name)
         if not kept:
             raise ToolError(f"no readable clips in the {name} split ({errors[0] if errors else 'empty'})")
-        splits[name] = (x, targets(labels, multilabel)[kept])
+        splits[name] = (x, labels.targets(multilabel)[kept])
         skipped += errors
     for msg in skipped[:5]:
         print(f"warning: skipped {msg}", file=sys.stderr)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 
@@ -103,6 +104,15 @@ class LabelSet:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def targets(self, multi_label: bool | None = None) -> torch.Tensor:
+        """Class indices ``(N,)`` or, for a multi-label set (or ``multi_label=True``), a 0/1 matrix ``(N, C)``."""
+        if not (self.multi_label if multi_label is None else multi_label):
+            return torch.tensor([it.labels[0] for it in self.items], dtype=torch.long)
+        out = torch.zeros(len(self.items), self.num_classes)
+        for i, it in enumerate(self.items):
+            out[i, list(it.labels)] = 1.0
+        return out
 
 
 def read_class_csv(path: str | Path) -> tuple[dict[str, int], list[str]]:

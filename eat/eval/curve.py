@@ -9,6 +9,8 @@ import json
 import statistics
 from pathlib import Path
 
+from eat.eval.protocol import CONTROL, LOGMEL
+
 
 def checkpoint_seconds(run_dir: Path) -> dict[int, float]:
     """Seconds from the start of the run to each saved checkpoint (step -> seconds)."""
@@ -34,7 +36,7 @@ def read_cells(paths: list[Path], layers: str, pooling: str) -> tuple[dict, dict
                 run, at, step = row["source"].rpartition("@")
                 if at and step.isdigit():
                     points.setdefault(task, {})[(run, int(step))] = row["score"]
-                elif row["source"] in ("initial weights", "log-mel"):
+                elif row["source"] in (CONTROL, LOGMEL):
                     baselines.setdefault(task, {}).setdefault(row["source"], []).append(row["score"])
     if not points:
         names = ", ".join(map(str, paths))
@@ -70,7 +72,7 @@ def table(points: dict, baselines: dict, seconds: dict[str, dict[int, float]],
             if all("±" not in c for c in cells):
                 continue  # a step that only one run saved
             lines.append(f"| mean ± std | {step} | - | " + " | ".join(cells) + " |")
-    for source in ("initial weights", "log-mel"):
+    for source in (CONTROL, LOGMEL):
         if any(source in baselines.get(t, {}) for t in tasks):
             cells = [mean_std(baselines[t][source]) if source in baselines.get(t, {}) else "-" for t in tasks]
             lines.append(f"| {source} | - | - | " + " | ".join(cells) + " |")
@@ -99,11 +101,11 @@ def plot(points: dict, baselines: dict, seconds: dict[str, dict[int, float]], ma
             xs = sorted(st for r, st in points[task] if r == run)
             ax.plot(xs, [points[task][(run, x)] for x in xs], marker="o", markersize=3, label=run)
         base = {k: statistics.mean(v) for k, v in baselines.get(task, {}).items()}
-        if "log-mel" in base:
-            ax.axhline(base["log-mel"], color="k", lw=1, label="log-mel")
-            ax.axhline(base["log-mel"] + margin, color="k", lw=1, ls="--", label=f"log-mel + {margin * 100:.0f}")
-        if "initial weights" in base:
-            ax.axhline(base["initial weights"], color="grey", lw=1, ls=":", label="initial weights")
+        if LOGMEL in base:
+            ax.axhline(base[LOGMEL], color="k", lw=1, label="log-mel")
+            ax.axhline(base[LOGMEL] + margin, color="k", lw=1, ls="--", label=f"log-mel + {margin * 100:.0f}")
+        if CONTROL in base:
+            ax.axhline(base[CONTROL], color="grey", lw=1, ls=":", label="initial weights")
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("updates")
         ax.grid(alpha=0.3)

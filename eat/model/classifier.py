@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from eat.config import ConfigError
-from eat.model.pooling import TOKEN_POOLINGS, parse_layers, pool_tokens, pooled_dim
+from eat.model.pooling import TOKEN_POOLINGS, check_pooling, parse_layers, pool_tokens, pooled_dim
 from eat.model.vit import Encoder, EncoderConfig
 
 PredictionMode = Literal["cls", "mean", "cls_dist", "pooled"]
@@ -78,12 +78,11 @@ class ClassifierConfig:
         if self.prediction_mode not in ("cls", "mean", "cls_dist", "pooled"):
             raise ConfigError(f"unknown prediction_mode {self.prediction_mode!r}; choose cls, mean, cls_dist or pooled")
         if self.prediction_mode == "pooled":
-            if self.pooling not in TOKEN_POOLINGS:
-                raise ConfigError(f"pooling {self.pooling!r} unknown; choose from {', '.join(TOKEN_POOLINGS)}")
             try:
+                check_pooling(self.pooling)
                 parse_layers(self.layers, self.encoder.depth)
             except ValueError as e:
-                raise ConfigError(f"layers: {e}") from None
+                raise ConfigError(f"{'pooling' if self.pooling not in TOKEN_POOLINGS else 'layers'}: {e}") from None
             if self.pooling.startswith("band-") and (self.patchout.s_f > 0 or self.patchout.u > 0):
                 raise ConfigError(f"pooling {self.pooling!r} pools per frequency band of the whole patch grid; "
                                   "patchout may only remove time columns (s_t), set s_f and u to 0")

@@ -460,21 +460,11 @@ def eval_loader(cfg: FinetuneConfig, labels: LabelSet, env: DistEnv) -> Skipping
     return build_loader(ds, sampler, data.eval_batch_size or data.batch_size, data.num_workers, train=False)
 
 
-def label_matrix(labels: LabelSet) -> torch.Tensor:
-    """Class indices ``(N,)`` (single-label) or a 0/1 matrix ``(N, C)`` (multi-label) of ``labels``' clips."""
-    if not labels.multi_label:
-        return torch.tensor([it.labels[0] for it in labels.items], dtype=torch.long)
-    out = torch.zeros(len(labels), labels.num_classes)
-    for i, it in enumerate(labels.items):
-        out[i, list(it.labels)] = 1.0
-    return out
-
-
 def holdout_split(train_set: LabelSet, fraction: float, seed: int) -> tuple[LabelSet, LabelSet, torch.Tensor]:
     """``(fit, validation, validation indices)``: the probe's stratified :func:`validation_split` of the
     training clips (same labels order and seed, same split)."""
     task = "multilabel" if train_set.multi_label else "multiclass"
-    fit_idx, val_idx = validation_split(label_matrix(train_set), task, fraction, seed)
+    fit_idx, val_idx = validation_split(train_set.targets(), task, fraction, seed)
     if len(fit_idx) == 0 or len(val_idx) == 0:
         raise ConfigError(f"data.val_fraction {fraction} leaves no clip on one side of the {len(train_set)} "
                           "training clips")
@@ -500,7 +490,7 @@ def probe_init(classifier: Classifier, cfg: FinetuneConfig, train_set: LabelSet,
     task = "multilabel" if train_set.multi_label else "multiclass"
     x, _ = predict(classifier, eval_loader(cfg, train_set, env), cfg.data.frontend, env, "probe features",
                    features=True)
-    y = label_matrix(train_set)
+    y = train_set.targets()
     if x.shape[0] != y.shape[0]:  # the split is over every clip's label: a skipped clip would shift it
         raise ConfigError(f"model.probe_init: {y.shape[0] - x.shape[0]} of the {y.shape[0]} training clips could "
                           "not be read; remove them from the training list")
