@@ -1,4 +1,6 @@
+import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +210,87 @@ def test_all_bad_batch_is_not_yielded(tmp_path):
     batches = list(loader)
     assert [b["index"].tolist() for b in batches] == [[2, 3], [4, 5], [6, 7]]
     assert loader.state_dict()["consumed"] == 8
+
+
+RANK_SCRIPT = r'''
+import json, os, sys, threading, time
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from eat.audio.fbank import FrontendConfig
+from eat.data.datasets import MaskConfig, PretrainDataset
+from eat.data.loaders import ResumableDistributedSampler, build_loader
+from eat.train.dist import install_preemption_handler
+
+if __name__ == "__main__":
+    manifest, tb, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    install_preemption_handler()  # as a rank under torchrun does first thing
+    own_threads = threading.active_count()
+    writer = SummaryWriter(tb)  # the trainer's TensorBoard writer thread
+    stop = threading.Event()
+
+    def busy():  # a thread that takes and releases locks all the time, as logging and writers do
+        while not stop.wait(0.0005):
+            writer.add_scalar("x", time.time())
+
+    threading.Thread(target=busy, daemon=True).start()
+    parents, batches = set(), []
+    for r in range(rounds):
+        ds = PretrainDataset(manifest, FrontendConfig(target_length=32), mask_cfg=MaskConfig(clones=2, grid=(2, 8)))
+        loader = build_loader(ds, ResumableDistributedSampler(len(ds), seed=r), batch_size=2, num_workers=2)
+        batches.append(sum(1 for _ in loader))
+        parents |= {int(open(f"/proc/{w.pid}/stat").read().rsplit(")", 1)[1].split()[1])
+                    for w in loader.loader._iterator._workers}
+        del loader
+    stop.set()
+    print(json.dumps({"own_threads": own_threads, "threads_at_fork": threading.active_count(),
+                      "worker_parents": sorted(parents), "me": os.getpid(), "batches": batches}))
+'''
+
+
+def test_a_rank_with_background_threads_never_forks_its_loader_workers(tmp_path):
+    """Issue 21: a rank that runs other Python threads forked its loader workers, and one worker hung forever
+    inside ``os.fork`` on a lock another thread held at that instant. The precondition, reproduced: a rank
+    (launcher-death signal armed, TensorBoard writer, a thread busy taking locks) builds loaders with workers
+    many times; every loader delivers, no worker is a child of the rank itself (they come from the fork
+    server), and arming the launcher-death check started no thread."""
+    import json
+    import subprocess
+    import sys
+
+    import procs
+
+    man = _clips(tmp_path, 8)
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "drill", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script), str(man), str(tmp_path / "tb"), "8"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    out = procs.finish([proc])[0]
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    got = json.loads(out.splitlines()[-1])
+    assert got["own_threads"] == 1  # the launcher-death check is a kernel signal, not a thread
+    assert got["threads_at_fork"] >= 3  # main, TensorBoard's writer, the busy thread: the hazardous setup
+    assert got["batches"] == [4] * 8
+    assert got["me"] not in got["worker_parents"] and len(got["worker_parents"]) == 1  # one fork server
+
+
+def test_the_fork_server_survives_a_process_group_sigterm():
+    """The server is started with SIGTERM/SIGUSR1 blocked: a preemption signal to the whole group (as clusters
+    send it) must not kill it, or the workers it serves would stop before the trainer checkpoints."""
+    import signal
+    import time
+    from multiprocessing import forkserver
+
+    import procs
+
+    from eat.data.loaders import worker_context
+
+    worker_context()
+    server = forkserver._forkserver._forkserver_pid
+    blocked = int([line for line in open(f"/proc/{server}/status") if line.startswith("SigBlk")][0].split()[1], 16)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        assert blocked & (1 << (sig - 1)), sig
+    os.kill(server, signal.SIGTERM)
+    time.sleep(0.2)
+    assert procs.alive(server)
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, [])  # this process blocks nothing afterwards

@@ -7,12 +7,13 @@ torchrun's rendezvous) and as a plain ``python`` process (world size 1, no proce
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import logging
+import math
 import os
 import signal
-import threading
-import time
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -220,6 +221,7 @@ class PreemptionFlag:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
         self._depth = 0
+        self._launcher: tuple[int, float] | None = None  # (parent pid, grace seconds) under stop_with_launcher
 
     def install(self) -> PreemptionFlag:
         if self._depth == 0:
@@ -236,8 +238,18 @@ class PreemptionFlag:
             self._previous.clear()
             self.signum = None  # handled: the next run in this process starts unsignalled
 
+    def on_launcher_death(self, parent: int, grace_s: float) -> None:
+        """A SIGTERM that finds ``parent`` gone is the launcher's death: say so once and arm a hard stop."""
+        self._launcher = (parent, grace_s)
+
     def _handle(self, signum: int, frame: object) -> None:
         self.signum = signum
+        if self._launcher is not None and os.getppid() != self._launcher[0]:
+            parent, grace_s = self._launcher
+            self._launcher = None
+            logging.getLogger("eat.train").warning(
+                "the launcher (pid %d) is gone: checkpointing and stopping (hard stop in %.0f s)", parent, grace_s)
+            signal.alarm(max(1, math.ceil(grace_s)))
 
     @property
     def raised(self) -> bool:
@@ -254,32 +266,36 @@ def preemption_flag() -> PreemptionFlag:
 
 def install_preemption_handler() -> PreemptionFlag:
     """Remember SIGTERM/SIGUSR1 from now on instead of dying (call first thing in a training ``main``);
-    under torchrun also start :func:`start_parent_watchdog`. Returns the flag."""
+    under torchrun also :func:`stop_with_launcher`. Returns the flag."""
+    flag = _FLAG.install()
     if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
-        start_parent_watchdog()
-    return _FLAG.install()
+        stop_with_launcher()
+    return flag
 
 
-def start_parent_watchdog(interval_s: float = 1.0, grace_s: float = 300.0) -> threading.Thread | None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def stop_with_launcher(grace_s: float = 300.0) -> bool:
     """Stop this rank when its launcher dies (e.g. torchrun killed with SIGKILL, which cannot forward it).
 
-    A daemon thread polls the parent pid; once the process has been re-parented it sends itself SIGTERM,
-    so the run checkpoints at the next step boundary and exits with the preemption status like any
-    preempted run. If the process is still alive ``grace_s`` later (stuck in a collective whose peer is
-    gone), it exits hard with status 1; checkpoints are atomic, so that never leaves a half-written one.
+    The kernel sends this process SIGTERM when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), so the
+    run checkpoints at the next step boundary and exits with the preemption status like any preempted run.
+    If it is still alive ``grace_s`` later (stuck in a collective whose peer is gone), an alarm ends it
+    (SIGALRM's default action); checkpoints are atomic, so that never leaves a half-written one.
+
+    No thread is involved: a rank forks its loader workers, and forking a process that runs other Python
+    threads can deadlock the child (a lock held by another thread at the moment of the fork is never
+    released in the child; issue 21 caught a worker of a 2-rank run hanging that way). Returns whether the
+    death signal is armed (False off Linux, or when the process has no launcher to watch).
     """
     parent = os.getppid()
-    if parent <= 1:
-        return None
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval_s)
-        logging.getLogger("eat.train").warning("the launcher (pid %d) is gone: checkpointing and stopping", parent)
+    if parent <= 1 or not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return False
+    _FLAG.on_launcher_death(parent, grace_s)
+    if os.getppid() != parent:  # the launcher died before the signal was armed
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(grace_s)
-        os._exit(1)
-
-    thread = threading.Thread(target=watch, name="eat-parent-watchdog", daemon=True)
-    thread.start()
-    return thread
+    return True
