@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -77,38 +78,25 @@ def _assert_bitwise(a: Path, b: Path) -> None:
         assert torch.equal(ta[k], tb[k]), k
 
 
-def _wait_for_step(out: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if max(_train_steps(out), default=0) >= step:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended (status {proc.returncode}) before step {step}: {proc.stdout.read()[-3000:]}")
-        time.sleep(0.02)
-    raise AssertionError(f"no step {step} within {timeout} s")
+def _wait_for_step(out: Path, proc: subprocess.Popen, step: int) -> None:
+    """Wait until the run has logged ``step``; a run that hangs instead has its stacks printed and is killed."""
+    procs.wait_until(lambda: max(_train_steps(out), default=0) >= step, [proc], f"step {step} of {out}",
+                     ended=lambda p: p.stdout.read()[-3000:])
 
 
-def _two_ranks(out: Path, manifest: Path, port: int, *overrides: str) -> list[subprocess.Popen]:
-    return [subprocess.Popen([PYTHON, *_args(out, manifest, *overrides)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True,
-                             env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-            for r in range(2)]
+def _torchrun(out: Path, manifest: Path, *overrides: str) -> subprocess.Popen:
+    """Two ranks under ``torchrun --standalone`` (its rendezvous binds a port the OS picks at bind time), in
+    a process group of their own as under a scheduler."""
+    return subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node=2", *_args(out, manifest, *overrides)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)
 
 
-def _finish(procs: list[subprocess.Popen], expect: int = 0) -> str:
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, text in zip(procs, outs, strict=True):
+def _finish(procs_: list[subprocess.Popen], expect: int = 0) -> str:
+    outs = procs.finish(procs_)
+    for p, text in zip(procs_, outs, strict=True):
         assert p.returncode == expect, text[-3000:]
     return outs[0]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _no_leftovers(out: Path) -> None:
@@ -124,24 +112,23 @@ def _no_leftovers(out: Path) -> None:
 def test_group_sigterm_with_loader_workers_one_process_resumes_bitwise(manifest, tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     reference = subprocess.Popen([PYTHON, *_args(ref, manifest, "data.num_workers=0")], stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, env=_env())
+                                 stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True)
     proc = subprocess.Popen([PYTHON, *_args(cut, manifest)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=_env(), start_new_session=True)  # own process group, as under Slurm
     try:
         _wait_for_step(cut, proc, 3)
         os.killpg(proc.pid, signal.SIGTERM)  # main process and both loader workers
-        output, _ = proc.communicate(timeout=120)
+        output = procs.finish([proc])[0]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        procs.kill(procs.run_of([proc]))
     assert proc.returncode == 75, output[-3000:]
     assert "killed by signal" not in output and "Traceback" not in output
     saved = ckpt.list_checkpoints(cut)
     assert len(saved) == 1 and int(saved[0].name[5:]) == max(_train_steps(cut)) < STEPS  # the current step
     _no_leftovers(cut)
-    resumed = subprocess.run([PYTHON, *_args(cut, manifest)], capture_output=True, text=True, env=_env(), timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert reference.wait(timeout=300) == 0
+    resumed = subprocess.Popen([PYTHON, *_args(cut, manifest)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=_env(), start_new_session=True)
+    _finish([resumed, reference])
     assert _train_steps(cut) == list(range(1, STEPS + 1))  # no duplicate rows for re-run steps
     assert _losses(cut) == _losses(ref)
     _assert_bitwise(ref / f"step_{STEPS:06d}", cut / f"step_{STEPS:06d}")
@@ -150,17 +137,14 @@ def test_group_sigterm_with_loader_workers_one_process_resumes_bitwise(manifest,
 @pytest.mark.slow
 def test_group_sigterm_under_torchrun_two_ranks_resumes_bitwise(manifest, tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    reference = _two_ranks(ref, manifest, _free_port(), "data.num_workers=0")  # batches do not depend on workers
-    launcher = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node=2", *_args(cut, manifest)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                                start_new_session=True)
+    reference = _torchrun(ref, manifest, "data.num_workers=0")  # batches do not depend on workers
+    launcher = _torchrun(cut, manifest)
     try:
         _wait_for_step(cut, launcher, 3)
         os.killpg(launcher.pid, signal.SIGTERM)  # torchrun, both ranks and their 2 loader workers each
-        output, _ = launcher.communicate(timeout=120)
+        output = procs.finish([launcher])[0]
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
+        procs.kill(procs.run_of([launcher]))
     # the ranks save and exit 75; torchrun itself was signalled too and reports that (non-zero), see docs
     assert "preemption signal" in output and "killed by signal" not in output, output[-3000:]
     assert launcher.returncode != 0
@@ -168,8 +152,7 @@ def test_group_sigterm_under_torchrun_two_ranks_resumes_bitwise(manifest, tmp_pa
     assert len(saved) == 1 and int(saved[0].name[5:]) == max(_train_steps(cut)) < STEPS, output[-3000:]
     assert {"rank_00000.pt", "rank_00001.pt"} <= {p.name for p in saved[0].iterdir()}
     _no_leftovers(cut)
-    _finish(_two_ranks(cut, manifest, _free_port()))  # train.resume=auto is the default
-    _finish(reference)
+    _finish([_torchrun(cut, manifest), reference])  # train.resume=auto is the default
     assert _train_steps(cut) == list(range(1, STEPS + 1))
     assert _losses(cut) == _losses(ref)
     _assert_bitwise(ref / f"step_{STEPS:06d}", cut / f"step_{STEPS:06d}")
@@ -181,22 +164,21 @@ def test_group_sigterm_during_start_up_exits_cleanly(manifest, tmp_path, delay):
     """At 0.2 s the interpreter is still importing (default action: killed, nothing written); once the
     trainer is built the signal is remembered and the run stops at its first step boundary with status 75:
     nothing, or (when the first step was already under way as the signal landed) a complete step-1 checkpoint."""
-    out = tmp_path / "run"
-    proc = subprocess.Popen([PYTHON, *_args(out, manifest)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=_env(), start_new_session=True)
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([PYTHON, *_args(out, manifest)], stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                env=_env(), start_new_session=True)
     try:
         if delay == "ready":  # the recipe prints its summary line right before fit()
-            line = ""
-            while "EAT tiny" not in line:
-                line = proc.stdout.readline()
-                assert line or proc.poll() is None, "run ended early"
+            procs.wait_until(lambda: "EAT tiny" in log.read_text(), [proc], "the run's summary line",
+                             ended=lambda p: log.read_text()[-2000:])
         else:
             time.sleep(delay)
         os.killpg(proc.pid, signal.SIGTERM)
-        output, _ = proc.communicate(timeout=120)
+        procs.finish([proc])
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        procs.kill(procs.run_of([proc]))
+    output = log.read_text()
     assert proc.returncode in ((-signal.SIGTERM, 75) if delay != "ready" else (75,)), output[-2000:]
     assert "Traceback" not in output
     if out.exists():
@@ -220,26 +202,13 @@ def test_ranks_stop_when_the_launcher_is_killed(manifest, tmp_path):
         assert len(ranks) == 2
         launcher.kill()  # SIGKILL: torchrun cannot forward anything
         launcher.wait()
-        deadline = time.time() + 60
-        while time.time() < deadline and any(_alive(p) for p in ranks):
-            time.sleep(0.2)
-        assert not any(_alive(p) for p in ranks), "ranks still training after their launcher died"
+        procs.wait_until(lambda: not any(procs.alive(p) for p in ranks), [], "the ranks' stop after their "
+                         "launcher died", extra=ranks)
     finally:
-        try:
-            os.killpg(launcher.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    saved = ckpt.list_checkpoints(out)  # the watchdog turned the launcher's death into a preemption
+        procs.kill(procs.run_of([launcher]) + [p for p in ranks if procs.alive(p)])
+    saved = ckpt.list_checkpoints(out)  # the death signal turned the launcher's death into a preemption
     assert saved and int(saved[0].name[5:]) >= 2
     _no_leftovers(out)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 # ------------------------------------------------------------------------------- damaged checkpoints

@@ -8,12 +8,11 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -79,49 +78,31 @@ def run_torchrun(out: Path, manifest: Path, *overrides: str) -> str:
     return proc.stdout + proc.stderr
 
 
-_USED_PORTS: set[int] = set()
+def start_two_ranks(out: Path, manifest: Path, *overrides: str) -> subprocess.Popen:
+    """Two ranks under ``torchrun --standalone``: its rendezvous binds a port the OS picks at bind time (a port
+    chosen first and bound later can be taken in between by another run), in a process group of its own."""
+    return subprocess.Popen(_torchrun(out, manifest, *overrides), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True)
 
 
-def _free_port() -> int:
-    """A free TCP port not handed out before in this session (two groups may start at once)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _USED_PORTS:
-            _USED_PORTS.add(port)
-            return port
-
-
-def start_two_ranks(out: Path, manifest: Path, *overrides: str) -> list[subprocess.Popen]:
-    """Two ranks started the way torchrun starts them (env:// rendezvous), minus the launcher's own start-up."""
-    port = _free_port()
-    return [
-        subprocess.Popen([PYTHON, *_args(out, manifest, *overrides)], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True,
-                         env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-        for r in range(2)
-    ]
-
-
-def finish(procs: list[subprocess.Popen]) -> str:
-    """Wait for all ``procs``; every one must exit 0. Returns the first one's output (rank 0)."""
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, text in zip(procs, outputs, strict=True):
+def finish(*launchers: subprocess.Popen) -> str:
+    """Wait for every launcher (stacks dumped and everything killed at the hang deadline); each must exit
+    0. Returns the first one's output."""
+    outputs = procs.finish(launchers)
+    for p, text in zip(launchers, outputs, strict=True):
         _check(p, text)
     return outputs[0]
 
 
 def run_two_ranks(out: Path, manifest: Path, *overrides: str) -> str:
     return finish(start_two_ranks(out, manifest, *overrides))
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def records(out: Path, kind: str) -> list[dict]:
@@ -205,8 +186,8 @@ def test_fsdp2_matches_ddp_and_checkpoints_cross_load(ddp_run, manifest, tmp_pat
     # 4 clips per rank split into 2 accumulated micro-batches (gradient sync only on the second)
     to_ddp, to_fsdp = tmp_path / "to_ddp", tmp_path / "to_fsdp"
     accum = ("data.batch_size=2", "train.grad_accum=2")
-    finish(start_two_ranks(to_ddp, manifest, "train.max_steps=6", *accum, "--resume", str(fsdp / "step_000003"))
-           + start_two_ranks(to_fsdp, manifest, "train.max_steps=6", "train.strategy=fsdp", *accum, "--resume",
+    finish(start_two_ranks(to_ddp, manifest, "train.max_steps=6", *accum, "--resume", str(fsdp / "step_000003")),
+           start_two_ranks(to_fsdp, manifest, "train.max_steps=6", "train.strategy=fsdp", *accum, "--resume",
                              str(ddp_run / "step_000003")))  # both at once
     for out in (to_ddp, to_fsdp):
         assert losses(out) == pytest.approx({s: ref[s] for s in (4, 5, 6)}, rel=1e-5)
@@ -272,19 +253,15 @@ def _rank_of(pid: int) -> int | None:
 @pytest.mark.slow
 def test_sigterm_on_one_rank_checkpoints_all_and_resume_auto_continues(manifest, tmp_path):
     out = tmp_path / "pre"
-    proc = subprocess.Popen(_torchrun(out, manifest, "train.max_steps=100000", "train.save_every=0"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    proc = start_two_ranks(out, manifest, "train.max_steps=100000", "train.save_every=0")
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not ((out / "metrics.jsonl").exists() and records(out, "train")):
-            time.sleep(0.2)
+        procs.wait_until(lambda: '"kind": "train"' in _text(out / "metrics.jsonl"), [proc], "the first logged step")
         workers = [p for p in _children(proc.pid) if _rank_of(p) == 1]
         assert workers, "rank 1 worker not found"
         os.kill(workers[0], signal.SIGTERM)  # only rank 1 is told; rank 0 must agree through the reduction
-        output, _ = proc.communicate(timeout=120)
+        output = procs.finish([proc])[0]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        procs.kill(procs.run_of([proc]))
     ckpts = sorted(out.glob("step_*"))
     assert len(ckpts) == 1 and (ckpts[0] / "complete").is_file(), output[-3000:]
     stopped = int(ckpts[0].name.split("_")[1])

@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import torch
 
@@ -326,10 +326,9 @@ def _start_writer(manifest: Path, out: Path, *args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
-def _wait_for_shards(out: Path, count: int) -> None:
-    deadline = time.time() + 120
-    while len(list(out.glob("shard-*.tar.json"))) < count and time.time() < deadline:
-        time.sleep(0.05)
+def _wait_for_shards(out: Path, count: int, proc: subprocess.Popen) -> None:
+    procs.wait_until(lambda: len(list(out.glob("shard-*.tar.json"))) >= count, [proc], f"{count} shards in {out}",
+                     ended=lambda p: p.stderr.read()[-2000:])
 
 
 def _children(pid: int) -> list[int]:
@@ -345,20 +344,20 @@ def test_make_shards_resumes_after_being_killed_or_interrupted(tmp_path):
 
     # the whole process group SIGKILLed (what a scheduler does), one writer process
     proc = _start_writer(manifest, tmp_path / "cut", *args, "--workers", 1)
-    _wait_for_shards(tmp_path / "cut", 3)
+    _wait_for_shards(tmp_path / "cut", 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     # Ctrl-C (SIGINT to the group) with two writer processes: one line, status 130
     proc = _start_writer(manifest, tmp_path / "int", *args, "--workers", 2)
-    _wait_for_shards(tmp_path / "int", 3)
+    _wait_for_shards(tmp_path / "int", 3, proc)
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    err = proc.communicate(timeout=procs.DEADLINE_S)[1]
     assert proc.returncode == 130 and "error: interrupted; finished shards are kept" in err and "Traceback" not in err
     # one writer process killed (e.g. by the OOM killer): a one-line error, not a hang
     proc = _start_writer(manifest, tmp_path / "oom", *args, "--workers", 2)
-    _wait_for_shards(tmp_path / "oom", 2)
+    _wait_for_shards(tmp_path / "oom", 2, proc)
     os.kill(_children(proc.pid)[0], signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
+    err = proc.communicate(timeout=procs.DEADLINE_S)[1]
     assert proc.returncode == 1 and "a writer process died" in err and "Traceback" not in err
 
     record = sorted((tmp_path / "cut").glob("shard-*.tar.json"))[0]
