@@ -1,1 +1,1 @@
-"""Small helpers shared by the command-line tools (benchmark timing and machine description)."""
+"""Old home of the benchmark helpers; :mod:`eat.utils.bench` is now an alias of :mod:`eat.apps.bench_common`."""
