@@ -37,18 +37,16 @@ from eat.eval.probe import DEFAULT_WEIGHT_DECAYS
 from eat.eval.protocol import (
     CONTROL,
     LOGMEL,
-    POOLINGS,
-    check_poolings,
     encoder_embeddings,
     evaluate,
     format_table,
     logmel_embeddings,
-    parse_layers,
     seed_summary,
     select_on_validation,
 )
 from eat.export import ExportError, load_encoder
 from eat.features import FeatureExtractor, read_clips
+from eat.model.pooling import POOLINGS, check_poolings, parse_layers
 from eat.train.pretrain import PretrainConfig, build_model
 
 

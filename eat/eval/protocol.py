@@ -36,22 +36,10 @@ from torch import Tensor
 from eat.audio.fbank import FrontendConfig
 from eat.eval.probe import probe
 from eat.features import FeatureExtractor, logmel_statistics
-from eat.model.pooling import TOKEN_POOLINGS, parse_layers, pool_tokens
+from eat.model.pooling import POOLINGS, TOKEN_POOLINGS, check_poolings, parse_layers, pool_tokens  # noqa: F401 (re-exported)
 
-POOLINGS = (*TOKEN_POOLINGS, "cls")
 LOGMEL = "log-mel"
 CONTROL = "initial weights"
-
-
-def check_poolings(poolings: Sequence[str]) -> list[str]:
-    """``poolings`` as a list; an unknown name raises ``ValueError``."""
-    out = list(poolings)
-    if not out:
-        raise ValueError("name at least one pooling")
-    for p in out:
-        if p not in POOLINGS:
-            raise ValueError(f"unknown pooling {p!r}; choose from {', '.join(POOLINGS)}")
-    return out
 
 
 def encoder_embeddings(
