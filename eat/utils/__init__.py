@@ -1,1 +1,4 @@
-"""Old home of the benchmark helpers; :mod:`eat.utils.bench` is now an alias of :mod:`eat.apps.bench_common`."""
+"""Small helpers any layer may use (the layer above ``eat.config``; see "Layers" in docs/design.md).
+
+:mod:`eat.utils.bench` is only an alias of :mod:`eat.apps.bench_common`, where the benchmark helpers moved.
+"""

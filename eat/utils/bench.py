@@ -1,7 +1,8 @@
 """Moved to :mod:`eat.apps.bench_common`; this name stays importable for old code, with a ``DeprecationWarning``.
 
 The old module name is the new module object itself, so every name, also a private one, and
-monkeypatching keep working. See "Layers" in docs/design.md.
+monkeypatching keep working. Importing an application from ``eat.utils`` is upward: this one import is
+listed in the layer contract's ``ignore_imports`` (pyproject.toml). See "Layers" in docs/design.md.
 """
 
 import sys
