@@ -58,8 +58,10 @@ test-latest:  ## the suite in a fresh .venv-latest on the newest releases the ra
 demo: $(STAMP)  ## synthetic data -> pretrain -> export -> probe -> fine-tune, with a summary
 	$(PY) tools/demo.py --out $(OUT)/demo $(ARGS)
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, and the import contracts of pyproject.toml (the layers of docs/design.md) with their tests
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -q tests/test_layers.py
 
 PRETRAIN_ARGS = --config $(CONFIG) $(if $(DATA),--data-dir $(DATA)) $(if $(INIT),model.init=$(INIT)) $(ARGS)
 

@@ -14,7 +14,7 @@ __all__ = ["load_classifier", "load_encoder", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in ("load_encoder", "load_classifier"):
-        from eat import export
+        from eat import export  # lazy: `import eat` stays cheap (no torch) until a loader is used
 
         return getattr(export, name)
     raise AttributeError(f"module 'eat' has no attribute {name!r}")

@@ -28,6 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from safetensors import SafetensorError
+
+from eat.audio.io import AudioError
+from eat.data.loaders import BadDataError
+from eat.train.checkpoint import CheckpointError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -37,12 +43,6 @@ class UsageError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types :func:`cli_main` reports in one line."""
-    from safetensors import SafetensorError
-
-    from eat.audio.io import AudioError
-    from eat.data.loaders import BadDataError
-    from eat.train.checkpoint import CheckpointError
-
     return (UsageError, ValueError, OSError, FloatingPointError, SafetensorError, BadDataError, CheckpointError,
             AudioError)
 

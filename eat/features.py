@@ -12,12 +12,20 @@ user-facing path:
   normalises to, as in the official recipe), and a batch of different lengths is padded further with a
   padding mask inside attention, so a clip's features do not depend on what it is batched with;
 * clips longer than the training length are cut into windows of that length overlapping by
-  ``overlap``; frame/patch embeddings of overlapping windows are averaged, utterance embeddings are
-  averaged over windows weighted by their number of valid columns;
+  ``overlap``; frame/patch embeddings of overlapping windows are averaged, an utterance's CLS token is
+  averaged over windows weighted by their number of valid columns, and the poolings of the patch tokens
+  pool the merged patch grid (every time column once, however many windows saw it);
 * ``layers`` picks block outputs (``-1`` is the last block, i.e. exactly ``forward``'s output);
-* ``granularity``: ``utterance`` (CLS token or mean of the patch tokens), ``frame`` (one vector per
-  time column = mean over its frequency patches, 160 ms apart for EAT, with the column's centre time)
-  or ``patch`` (every patch token, time-major, with its (t, f) grid index).
+* ``granularity``: ``utterance`` (one vector per clip: the CLS token or a pooling of the patch tokens,
+  any name of :data:`eat.model.pooling.POOLINGS`), ``frame`` (one vector per time column = mean over its
+  frequency patches, 160 ms apart for EAT, with the column's centre time) or ``patch`` (every patch token,
+  time-major, with its (t, f) grid index).
+
+:meth:`FeatureExtractor.clip_embeddings` is the one-vector-per-clip embedding with the registry's default
+(:data:`~eat.model.pooling.DEFAULT_LAYERS` = every block, :data:`~eat.model.pooling.DEFAULT_POOLING` = band
+mean+std, concatenated): what ``tools/extract_features.py``, the HEAR scene embedding and
+``tools/linear_probe.py`` give by default. ``extract_features`` keeps its own defaults (last block, CLS),
+the raw encoder output.
 """
 
 from __future__ import annotations
@@ -34,17 +42,29 @@ from torch import Tensor, nn
 
 from eat.audio.fbank import FrontendConfig, normalize, num_frames, waveform_to_input
 from eat.audio.io import AudioError, check_sample_rate, load_audio, resample, validate_audio
+from eat.model.pooling import (
+    DEFAULT_LAYERS,
+    DEFAULT_POOLING,
+    POOLINGS,
+    TOKEN_POOLINGS,
+    check_poolings,
+    layer_spec,
+    parse_layers,
+    pool_tokens,
+    pooled_dim,
+)
 from eat.model.vit import Encoder
 
 GRANULARITIES = ("utterance", "frame", "patch")
-UTTERANCE_POOLING = ("cls", "mean")
+UTTERANCE_POOLING = POOLINGS  # the utterance poolings extract_features accepts: the registry's (eat.model.pooling)
 
 
 @dataclass
 class Features:
     """Result of :meth:`FeatureExtractor.extract_features`.
 
-    ``embeddings``: utterance ``(B, D)``, frame ``(B, T', D)`` or patch ``(B, T'*F', D)``; when ``layers``
+    ``embeddings``: utterance ``(B, D')`` (``D`` for ``cls`` and ``mean``, see
+    :func:`eat.model.pooling.pooled_dim`), frame ``(B, T', D)`` or patch ``(B, T'*F', D)``; when ``layers``
     was a list there is a layer axis after the batch axis (``(B, L, ...)``). ``mask`` (frame/patch):
     ``(B, T')`` / ``(B, T'*F')``, True = padding (the clip is shorter than the longest in the batch).
     ``timestamps`` (frame/patch): centre time in seconds (float64) of each row's time column, ``(B, T')`` /
@@ -215,9 +235,9 @@ class FeatureExtractor(nn.Module):
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
         if utterance not in UTTERANCE_POOLING:
-            raise ValueError(f"unknown utterance pooling {utterance!r}; choose 'cls' or 'mean'")
+            raise ValueError(f"unknown utterance pooling {utterance!r}; choose from {', '.join(UTTERANCE_POOLING)}")
         if utterance == "cls" and granularity == "utterance" and self.encoder.cfg.num_extra_tokens == 0:
-            raise ValueError("this encoder has no CLS token; use utterance='mean'")
+            raise ValueError("this encoder has no CLS token; use utterance='mean' (or another token pooling)")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if batch_size < 1:
@@ -234,7 +254,13 @@ class FeatureExtractor(nn.Module):
         windows = self._windows(cols, overlap, pad_to_window)
         fb = self._pad_frames(fb, frames, int(self.frames_for_columns(cols.max())))
         outs = self._run_windows(fb, windows, layer_list, batch_size)
-        per_layer = [self._merge(o, windows, cols, granularity, utterance) for o in outs]
+        if granularity == "utterance" and utterance in TOKEN_POOLINGS:  # pooled from the merged patch grid
+            fp = self.encoder.num_freq_patches
+            pad = (torch.arange(int(cols.max()), device=cols.device) >= cols[:, None]).repeat_interleave(fp, dim=1)
+            per_layer = [pool_tokens(self._merge(o, windows, cols, "patch", utterance), pad, utterance, fp)
+                         for o in outs]
+        else:
+            per_layer = [self._merge(o, windows, cols, granularity, utterance) for o in outs]
         emb = per_layer[0] if isinstance(layers, int) else torch.stack(per_layer, dim=1)
         result = Features(emb, granularity, layer_list, cols.cpu())
         if granularity != "utterance":
@@ -251,6 +277,32 @@ class FeatureExtractor(nn.Module):
                 f_idx = torch.arange(fp, device=cols.device).repeat(t_max)
                 result.patch_index = torch.stack([t_idx, f_idx], dim=1)
         return result
+
+    def clip_embeddings(
+        self,
+        audio: Tensor | np.ndarray | Sequence,
+        sample_rate: int | None = None,
+        layers: str | int | Sequence[int] = DEFAULT_LAYERS,
+        pooling: str = DEFAULT_POOLING,
+        batch_size: int = 16,
+        **kwargs,
+    ) -> Tensor:
+        """One vector per clip, ``(B, D')``: the blocks of the layer spec ``layers`` (``"all"``, ``"-1"``,
+        ``"0+2"``, or an int / list of ints), each pooled by ``pooling`` (:data:`eat.model.pooling.POOLINGS`),
+        concatenated in the spec's order. The defaults are the registry's recommended embedding (every
+        block, band mean+std; see :mod:`eat.model.pooling`). ``audio``, ``sample_rate`` and the other
+        keyword arguments are :meth:`extract_features`'."""
+        (pooling,) = check_poolings(pooling)
+        blocks = parse_layers(layer_spec(layers), self.num_layers)
+        out = self.extract_features(audio, sample_rate, layers=blocks, granularity="utterance", utterance=pooling,
+                                    batch_size=batch_size, **kwargs)
+        return out.embeddings.flatten(1)
+
+    def clip_embedding_dim(self, layers: str | int | Sequence[int] = DEFAULT_LAYERS, pooling: str = DEFAULT_POOLING) -> int:
+        """Width of :meth:`clip_embeddings`' vectors for ``layers`` and ``pooling``."""
+        (pooling,) = check_poolings(pooling)
+        blocks = parse_layers(layer_spec(layers), self.num_layers)
+        return len(blocks) * pooled_dim(pooling, self.embed_dim, self.encoder.num_freq_patches)
 
     def layer_indices(self, layers: int | Sequence[int]) -> list[int]:
         """``layers`` (an int or a list, negative = from the end) as block indices; bad indices raise."""

@@ -29,9 +29,9 @@ from test_parity_official import official_checkpoint
 import eat
 from eat.audio.fbank import fbank, pad_or_crop
 from eat.audio.io import load_audio, remove_dc
+from eat.checkpoint_export import export_checkpoint
 from eat.config import ConfigError, load_config
 from eat.data.synthetic import make_unlabelled_corpus
-from eat.export import export_checkpoint
 from eat.model.convert import convert_checkpoint, encoder_key_map, to_official
 from eat.train import pretrain
 from eat.train.dist import DistEnv

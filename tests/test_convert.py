@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from test_parity_official import official_checkpoint
 
 from eat import load_classifier, load_encoder
-from eat.export import ExportError, export_official, read_class_names
+from eat.checkpoint_export import export_official
+from eat.export import ExportError, read_class_names
 from eat.model.classifier import Classifier, ClassifierConfig
 from eat.model.convert import (
     ConversionError,
@@ -170,7 +171,7 @@ def test_load_official_files(tmp_path):
 
 
 def test_convert_official_tool(tmp_path):
-    """tools/convert_official.py is a thin command line over eat.export.export_official: the library calls
+    """tools/convert_official.py is a thin command line over eat.checkpoint_export.export_official: the library calls
     check what is written, one run of the tool checks its output and its one-line error."""
     pre, fine = tmp_path / "pt.pt", tmp_path / "ft.pt"
     torch.save(official_checkpoint("pretrain"), pre)

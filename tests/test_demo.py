@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eat import demo
+from eat.apps import demo
 from eat.config import load_config
 from eat.export import load_encoder
 from eat.train import pretrain

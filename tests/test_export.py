@@ -15,10 +15,10 @@ from safetensors.torch import load_file, save_file
 
 import eat
 from eat.audio.fbank import FrontendConfig
+from eat.checkpoint_export import export_checkpoint
 from eat.config import to_dict
 from eat.export import (
     ExportError,
-    export_checkpoint,
     load_classifier,
     load_encoder,
     read_class_names,
@@ -180,7 +180,7 @@ def test_save_checks_before_writing_and_replaces_only_exports(tmp_path):
 
 
 def run_tool(src: Path, out: Path, *flags: str | Path) -> str | None:
-    """tools/export_encoder.py's work through :func:`eat.export.export_checkpoint` (what the tool calls);
+    """tools/export_encoder.py's work through :func:`eat.checkpoint_export.export_checkpoint` (what the tool calls);
     returns the tool's ``error: ...`` line for a failure, else None. The tool itself: test_tool_command_line."""
     args = [str(f) for f in flags]
     opt = lambda name: args[args.index(name) + 1] if name in args else None  # noqa: E731

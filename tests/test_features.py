@@ -259,10 +259,26 @@ def test_extract_features_tool_shards_index_and_resume(corpus):
                                             ok=False).stderr
 
 
+def test_extract_features_tool_default_is_the_registrys_embedding(corpus):
+    """No --layers/--pooling: every block, band mean+std, concatenated (FeatureExtractor.clip_embeddings)."""
+    from safetensors.torch import load_file
+
+    root, fx, clips = corpus
+    extract_tool("--encoder", str(root / "enc"), "--manifest", str(root / "train.tsv"), "--out", str(root / "d"),
+                 "--device", "cpu")
+    index = json.loads((root / "d" / "index.json").read_text())
+    assert (index["pooling"], index["layers"]) == ("band-meanstd", ["all"])
+    emb = load_file(root / "d" / index["shards"][0])["embeddings"]
+    assert emb.shape == (5, fx.clip_embedding_dim()) == (5, 3 * 2 * 8 * 96)
+    shard, row = index["clips"]["audio/3.wav"]
+    torch.testing.assert_close(emb[row], fx.clip_embeddings([clips[3]])[0], atol=1e-5, rtol=0)
+
+
 def test_extract_features_tool_npy_utterance_layers(corpus):
+    """The older flags: several --layers values keep a layer axis; --pooling cls is the CLS token."""
     root, fx, clips = corpus
     extract_tool("--encoder", str(root / "enc"), "--manifest", str(root / "train.tsv"), "--out",
-                 str(root / "npy"), "--format", "npy", "--layers", "0", "-1", "--device", "cpu")
+                 str(root / "npy"), "--format", "npy", "--layers", "0", "-1", "--pooling", "cls", "--device", "cpu")
     index = json.loads((root / "npy" / "index.json").read_text())
     emb = np.load(root / "npy" / "shard_00000" / "embeddings.npy")
     assert emb.shape == (5, 2, 96)
@@ -280,3 +296,41 @@ def test_outputs_can_train_a_downstream_head():
     head = torch.nn.Linear(96, 2)
     head(feats).sum().backward()  # inference-mode tensors would refuse this
     assert head.weight.grad is not None
+
+
+def test_token_poolings_of_a_long_clip_pool_the_merged_patch_grid():
+    """utterance=<token pooling> is eat.model.pooling.pool_tokens on the patch grid that merges overlapping
+    windows (every time column once), for every registry pooling; clip_embeddings concatenates the blocks."""
+    from eat.model.pooling import TOKEN_POOLINGS, pool_tokens
+
+    fx = tiny_extractor()
+    clips = waves([7.3, 1.1])  # a long clip (5 windows) and a short one in one batch
+    patches = fx.extract_features(clips, granularity="patch", layers=[0, -1])
+    fp = fx.encoder.num_freq_patches
+    for pooling in TOKEN_POOLINGS:
+        got = fx.extract_features(clips, utterance=pooling, layers=[0, -1]).embeddings  # (B, 2, D')
+        for b in range(2):
+            n = int((~patches.mask[b]).sum())
+            for k in range(2):
+                tok = patches.embeddings[b, k, :n]
+                if pooling.startswith("band-"):  # plain reference: per band over time, bands concatenated
+                    grid = tok.reshape(-1, fp, tok.shape[-1])
+                    ref = [grid.mean(0).flatten()] + ([grid.std(0, unbiased=False).flatten()] if "std" in pooling else [])
+                else:
+                    ref = [tok.mean(0)] + ([tok.std(0, unbiased=False)] if "std" in pooling else [])
+                torch.testing.assert_close(got[b, k], torch.cat(ref), atol=1e-5, rtol=0)
+        flat = fx.clip_embeddings(clips, layers="0+-1", pooling=pooling)
+        torch.testing.assert_close(flat, got.flatten(1), atol=0, rtol=0)
+        assert flat.shape[1] == fx.clip_embedding_dim("0+-1", pooling)
+        direct = pool_tokens(patches.embeddings[:, 1], patches.mask, pooling, fp)
+        torch.testing.assert_close(got[:, 1], direct, atol=1e-6, rtol=0)
+
+
+def test_clip_embeddings_default_is_every_block_band_meanstd():
+    fx = tiny_extractor()
+    clips = waves([1.5])
+    emb = fx.clip_embeddings(clips)
+    assert emb.shape == (1, fx.num_layers * 2 * fx.encoder.num_freq_patches * fx.embed_dim)
+    torch.testing.assert_close(emb, fx.clip_embeddings(clips, layers="all", pooling="band-meanstd"), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        fx.clip_embeddings(clips, pooling="max")

@@ -84,9 +84,30 @@ def test_layers_and_mean_pooling_options(model):
     audio = noise(2, 2.0, multi.sample_rate)
     emb = hear.get_scene_embeddings(audio, multi)
     assert emb.shape == (2, 2 * 96) == (2, multi.scene_embedding_size)
-    last = hear.get_scene_embeddings(audio, hear.HearModel(fx, utterance="mean"))
+    last = hear.get_scene_embeddings(audio, hear.HearModel(fx, utterance="mean", layers=-1))
     torch.testing.assert_close(emb[:, 96:], last)
     frames, ts = hear.get_timestamp_embeddings(audio, multi)
     assert frames.shape[:2] == ts.shape and frames.shape[2] == multi.timestamp_embedding_size
     with pytest.raises(ValueError, match="n_sounds"):
         hear.get_scene_embeddings(audio[0], multi)
+
+
+def test_the_default_scene_embedding_is_the_registrys(model):
+    """Scene embeddings default to eat.model.pooling's DEFAULT_LAYERS / DEFAULT_POOLING (every block, band
+    mean+std): the same vector as FeatureExtractor.clip_embeddings and the probe protocol's cell."""
+    from eat.eval.protocol import encoder_embeddings
+    from eat.model.pooling import DEFAULT_LAYERS, DEFAULT_POOLING
+
+    fx = model.extractor
+    assert (model.pooling, model.layers, model.frame_layers) == (DEFAULT_POOLING, [0, 1, 2], [2])
+    assert model.scene_embedding_size == 3 * 2 * fx.encoder.num_freq_patches * fx.embed_dim
+    audio = noise(2, 2.0, model.sample_rate)
+    emb = hear.get_scene_embeddings(audio, model)
+    ref = encoder_embeddings(fx, list(audio), [DEFAULT_LAYERS], [DEFAULT_POOLING])[(DEFAULT_LAYERS, DEFAULT_POOLING)]
+    torch.testing.assert_close(emb, ref, atol=1e-5, rtol=0)
+    old = hear.HearModel(fx, utterance="cls", layers=-1)  # the old default, by name
+    assert old.scene_embedding_size == fx.embed_dim
+    torch.testing.assert_close(hear.get_scene_embeddings(audio, old),
+                               fx.extract_features(list(audio), layers=-1, utterance="cls").embeddings, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="give one"):
+        hear.HearModel(fx, utterance="cls", pooling="mean")

@@ -15,13 +15,13 @@ import soundfile
 import torch
 import yaml
 
+from eat.apps.probe_protocol import initial_weights
 from eat.audio.fbank import FrontendConfig
 from eat.eval.probe import probe
 from eat.eval.protocol import (
     Row,
     encoder_embeddings,
     format_table,
-    initial_weights,
     logmel_embeddings,
     parse_layers,
     pool_tokens,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eat.data import real_benchmark as rb
+from eat.apps import real_benchmark as rb
 
 
 def _parse_midi(data: bytes) -> list[tuple[int, bytes]]:

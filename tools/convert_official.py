@@ -13,7 +13,7 @@ The front-end defaults to the official AudioSet recipe (normalisation -4.268 / 4
 training length; pass ``--frontend-preset esc50`` or ``spc2`` for models fine-tuned on those sets.
 Load the result with ``eat.load_encoder(OUT_DIR)`` / ``eat.load_classifier(OUT_DIR)``.
 ``tools/export_encoder.py`` does the same for official checkpoints (one shared function,
-``eat.export.export_official``) and also exports this toolkit's own runs.
+``eat.checkpoint_export.export_official``) and also exports this toolkit's own runs.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from eat.checkpoint_export import export_official
 from eat.cli import cli_main
-from eat.export import ExportError, export_official, read_class_names
+from eat.export import ExportError, read_class_names
 
 
 @cli_main

@@ -3,10 +3,10 @@
     python tools/demo.py --out outputs/demo [--seed 0] [--quick] [--steps N] [--device auto|cpu|cuda]
         [--set KEY=VALUE ...] [--pooling mean|cls]
 
-The stages and options are described in ``eat/demo.py`` (``--help`` prints them); ``make demo`` runs this.
+The stages and options are described in ``eat/apps/demo.py`` (``--help`` prints them); ``make demo`` runs this.
 """
 
-from eat.demo import main
+from eat.apps.demo import main
 
 if __name__ == "__main__":
     main()

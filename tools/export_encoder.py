@@ -23,8 +23,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from eat.checkpoint_export import export_checkpoint
 from eat.cli import cli_main
-from eat.export import ExportError, export_checkpoint, read_class_names
+from eat.export import ExportError, read_class_names
 
 
 @cli_main

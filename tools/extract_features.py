@@ -1,8 +1,15 @@
 """Extract embeddings of every clip in a manifest with an exported encoder, in resumable shards.
 
     python tools/extract_features.py --encoder EXPORT --manifest train.tsv --out feats/ \\
-        [--granularity utterance|frame|patch] [--pooling cls|mean] [--layers -1] [--batch-size 16] \\
+        [--granularity utterance|frame|patch] [--pooling band-meanstd] [--layers all] [--batch-size 16] \\
         [--shard-size 1000] [--format safetensors|npy] [--device cuda]
+
+Utterance embeddings use the registry of :mod:`eat.model.pooling`: ``--pooling`` is one of its poolings
+(``mean``, ``meanstd``, ``band-mean``, ``band-meanstd``, ``cls``) and ``--layers`` a layer spec (``all``,
+``-1``, ``0+2``), whose blocks are pooled and concatenated into one vector per clip; the default is the
+registry's (every block, band mean+std), the probe protocol's best frozen embedding. Several ``--layers``
+values (``--layers 0 -1``, the older form) keep a layer axis instead. Frame and patch embeddings read the
+last block unless ``--layers`` says otherwise.
 
 Output in ``--out``:
 
@@ -39,6 +46,7 @@ from eat.cli import UsageError, cli_main
 from eat.data.manifest import ManifestError, read_manifest
 from eat.export import ExportError, load_encoder
 from eat.features import GRANULARITIES, FeatureExtractor, read_clips
+from eat.model.pooling import DEFAULT_LAYERS, DEFAULT_POOLING, POOLINGS, parse_layers
 
 
 class ToolError(UsageError):
@@ -52,7 +60,7 @@ def shard_name(k: int) -> str:
 def embed_shard(extractor: FeatureExtractor, paths: list[Path], lengths: list[int], args: argparse.Namespace,
                 progress: tqdm) -> tuple[dict[str, torch.Tensor], list[int], list[tuple[int, str]]]:
     """Tensors of one shard, the positions (within ``paths``) of its rows' clips, and the bad files."""
-    layers: int | list[int] = args.layers[0] if len(args.layers) == 1 else args.layers
+    layers = args.blocks
     order = sorted(range(len(paths)), key=lambda i: -lengths[i])  # similar lengths share a batch
     results: dict[int, dict[str, torch.Tensor]] = {}
     bad: list[tuple[int, str]] = []
@@ -81,8 +89,11 @@ def _embed_batch(extractor: FeatureExtractor, good: list[tuple[int, torch.Tensor
         return {}
 
     def run(waves: list[torch.Tensor]) -> Any:
-        return extractor.extract_features(waves, granularity=args.granularity, utterance=args.pooling,
-                                          layers=layers, batch_size=args.batch_size)
+        out = extractor.extract_features(waves, granularity=args.granularity, utterance=args.pooling,
+                                         layers=layers, batch_size=args.batch_size)
+        if args.concat:  # one layer spec: the blocks' pooled vectors concatenated (FeatureExtractor.clip_embeddings)
+            out.embeddings = out.embeddings.flatten(1)
+        return out
 
     try:
         out = run([c for _, c in good])
@@ -153,12 +164,28 @@ def check_settings(out_dir: Path, settings: dict) -> None:
         _write_json(path, settings)
 
 
+def resolve_layers(items: list[str], granularity: str, num_layers: int) -> tuple[int | list[int], bool]:
+    """The blocks to read for ``--layers`` and whether the utterance vectors of several blocks are concatenated.
+
+    One value is a layer spec (:func:`eat.model.pooling.parse_layers`): for utterances its blocks' pooled
+    vectors are concatenated; for frames and patches a single block gives no layer axis. Several values (the
+    older ``--layers 0 -1``) are block indices kept on a layer axis."""
+    if len(items) == 1:
+        blocks = parse_layers(items[0], num_layers)
+        if granularity == "utterance":
+            return blocks, True
+        return (blocks[0] if len(blocks) == 1 and items[0] != "all" else blocks), False
+    return [b for item in items for b in parse_layers(item, num_layers)], False
+
+
 def run(args: argparse.Namespace) -> dict:
     manifest = read_manifest(args.manifest)
     if len(manifest) == 0:
         raise ToolError(f"{args.manifest}: no clips listed")
     extractor = load_encoder(args.encoder, args.device)
-    extractor.layer_indices(args.layers)  # fail early on a bad layer index
+    args.blocks, args.concat = resolve_layers(args.layers_spec, args.granularity, extractor.num_layers)  # fails early
+    if args.pooling == "cls" and args.granularity == "utterance" and extractor.encoder.cfg.num_extra_tokens == 0:
+        raise ToolError(f"{args.encoder}: this encoder has no CLS token; use another --pooling")
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"encoder": str(Path(args.encoder).resolve()), "manifest": str(Path(args.manifest).resolve()),
@@ -203,14 +230,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--manifest", type=Path, required=True, help="fairseq tsv manifest of the clips")
     ap.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes it)")
     ap.add_argument("--granularity", choices=GRANULARITIES, default="utterance")
-    ap.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="utterance embedding (default cls)")
-    ap.add_argument("--layers", type=int, nargs="+", default=[-1], help="block outputs (default -1: last)")
+    ap.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING,
+                    help=f"utterance embedding: pooling of each block's tokens, or cls (default {DEFAULT_POOLING})")
+    ap.add_argument("--layers", nargs="+", default=None,
+                    help=f"a layer spec: -1 (last block), 0+2, all (default {DEFAULT_LAYERS} for utterances, -1 for "
+                         "frames and patches; write --layers=-1 or --layers -1); several values keep a layer axis")
     ap.add_argument("--batch-size", type=int, default=16, help="clips (and encoder windows) per batch")
     ap.add_argument("--shard-size", type=int, default=1000, help="clips per output shard (default 1000)")
     ap.add_argument("--format", choices=("safetensors", "npy"), default="safetensors")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--workers", type=int, default=4, help="threads decoding audio (default 4)")
     args = ap.parse_args(argv)
+    if args.layers is None:
+        args.layers = [DEFAULT_LAYERS if args.granularity == "utterance" else "-1"]
+    args.layers = [int(v) if v.lstrip("-").isdigit() else v for v in args.layers]  # settings.json as before: ints
+    args.layers_spec = [str(v) for v in args.layers]
     if args.batch_size < 1 or args.shard_size < 1 or args.workers < 1:
         sys.exit("error: --batch-size, --shard-size and --workers must be positive")
     try:

@@ -39,11 +39,10 @@ from eat.data.manifest import (
     read_path_label_csv,
 )
 from eat.eval.probe import DEFAULT_WEIGHT_DECAYS, TASKS, probe
-from eat.eval.protocol import POOLINGS, encoder_embeddings, parse_layers
+from eat.eval.protocol import encoder_embeddings
 from eat.export import ExportError, load_encoder
 from eat.features import FeatureExtractor, logmel_statistics, read_clips
-
-DEFAULT_LAYERS, DEFAULT_POOLING = "all", "band-meanstd"  # the protocol's recommended cell (docs/benchmarks.md)
+from eat.model.pooling import DEFAULT_LAYERS, DEFAULT_POOLING, POOLINGS, parse_layers
 
 
 class ToolError(UsageError):

@@ -5,7 +5,7 @@
 
 Four labelled tasks (keywords, language, instruments, drums) whose test split holds speakers or a
 soundfont never used in training, plus an unlabelled pretraining manifest ``OUT/unlabelled/train.tsv``
-made from the training sources only. Layout, splits and variation: ``eat/data/real_benchmark.py``;
+made from the training sources only. Layout, splits and variation: ``eat/apps/real_benchmark.py``;
 ``OUT/benchmark.json`` records the seed, the counts and the Debian package versions. The same seed and
 package versions give the same clips. ``--quick`` builds a tiny version (a few clips per class) to check
 the installation. About 5 minutes on one core for the full build.
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from eat.data.real_benchmark import FULL, PACKAGES, QUICK, BenchmarkError, build
+from eat.apps.real_benchmark import FULL, PACKAGES, QUICK, BenchmarkError, build
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from eat.audio.fbank import FrontendConfig, waveform_to_input
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: no import at run time
     from eat.data.datasets import Skipped
 
 # ``(wave, length) -> (wave, length)`` on the device, applied before the fbank (e.g. waveform mixup)

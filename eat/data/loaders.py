@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from eat.config import ConfigError
 from eat.data.batch import Batch
 from eat.data.datasets import Skipped
 from eat.data.manifest import LabelledItem
@@ -235,8 +236,6 @@ class SkippingLoader:
 def check_loader_config(batch_size: int, num_workers: int, prefetch_factor: int, max_bad_fraction: float,
                         section: str = "data") -> None:
     """Refuse loader settings no run can use, naming the ``<section>.<key>`` (a ``ConfigError``)."""
-    from eat.config import ConfigError
-
     if batch_size < 1:
         raise ConfigError(f"{section}.batch_size: must be >= 1, got {batch_size}")
     if num_workers < 0:

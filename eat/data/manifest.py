@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from eat.audio.io import AudioError, audio_info, load_audio_with_rate
+
 
 class ManifestError(ValueError):
     """A manifest or label file is missing or malformed; the message names the file and line."""
@@ -327,8 +329,6 @@ def probe_audio(path: Path, verify: bool = False) -> int | str:
     WAV files; ``verify`` decodes everything (:func:`eat.audio.io.load_audio_with_rate`), which also
     catches undecodable data and NaN/inf samples. Clips shorter than one 25 ms analysis frame are refused
     either way: no front-end can make a frame of them."""
-    from eat.audio.io import AudioError, audio_info, load_audio_with_rate
-
     try:
         if verify:
             wave, sr = load_audio_with_rate(path)

@@ -25,51 +25,21 @@ the scale of the blocks changes the result.
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from eat.audio.fbank import FrontendConfig
-from eat.config import load_config
 from eat.eval.probe import probe
 from eat.features import FeatureExtractor, logmel_statistics
-from eat.model.pooling import TOKEN_POOLINGS, parse_layers, pool_tokens
-from eat.train.pretrain import PretrainConfig, build_model
+from eat.model.pooling import POOLINGS, TOKEN_POOLINGS, check_poolings, parse_layers, pool_tokens  # noqa: F401 (re-exported)
 
-POOLINGS = (*TOKEN_POOLINGS, "cls")
 LOGMEL = "log-mel"
 CONTROL = "initial weights"
-
-
-def check_poolings(poolings: Sequence[str]) -> list[str]:
-    """``poolings`` as a list; an unknown name raises ``ValueError``."""
-    out = list(poolings)
-    if not out:
-        raise ValueError("name at least one pooling")
-    for p in out:
-        if p not in POOLINGS:
-            raise ValueError(f"unknown pooling {p!r}; choose from {', '.join(POOLINGS)}")
-    return out
-
-
-def initial_weights(run_dir: str | Path, frontend: FrontendConfig) -> FeatureExtractor:
-    """The network a pretraining run started from, built by the recipe's own :func:`eat.train.pretrain.build_model`
-    from ``run_dir/config.yaml`` (seeded with ``train.seed``; with ``model.init``, the weights it loaded), so the
-    control differs from the pretrained encoder only by the training. ``frontend`` should be the pretrained
-    export's, so both see the same inputs. The global torch RNG is left as it was."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file (give the pretraining run's out_dir)")
-    cfg = load_config(PretrainConfig, path)
-    state = torch.random.get_rng_state()
-    try:
-        model, _ = build_model(cfg)
-    finally:
-        torch.random.set_rng_state(state)
-    return FeatureExtractor(model.student.float().eval(), frontend)
 
 
 def encoder_embeddings(
@@ -222,3 +192,20 @@ def seed_summary(results: Sequence[dict], cell: tuple[str, str] | None = None) -
         row = [_mean_std(sc.get(k, []), cells[task].get(k, set())) for k in kinds]
         lines.append(f"| {task} (n={len(sc['pretrained'])}) | " + " | ".join(row + gaps) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- moved names
+
+# initial_weights rebuilds a pretraining run's starting network with the recipe's own build_model, so it
+# moved up to the application that uses it (eval sits below training). Old imports keep working with a
+# DeprecationWarning; the forwarding import is listed in the layer contract's ignore_imports.
+_MOVED = {"initial_weights": "eat.apps.probe_protocol"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(f"eat.eval.protocol.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
+        from eat.apps import probe_protocol  # deprecation shim: the upward import happens only for old code
+
+        return getattr(probe_protocol, name)
+    raise AttributeError(f"module 'eat.eval.protocol' has no attribute {name!r}")

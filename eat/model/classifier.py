@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from eat.config import ConfigError
+from eat.model.eat import eat_config  # the pretraining presets define the encoder shapes
 from eat.model.pooling import TOKEN_POOLINGS, check_pooling, parse_layers, pool_tokens, pooled_dim
 from eat.model.vit import Encoder, EncoderConfig
 
@@ -266,8 +267,6 @@ def passt_encoder(target_length: int = 998, stride: int = 10) -> EncoderConfig:
 def eat_encoder(size: str = "base", target_length: int | None = None) -> EncoderConfig:
     """The encoder of EAT pretraining preset ``size`` (``tiny``, ``base``, ``large``): post-LN blocks,
     sin-cos positions, one CLS token, pre-norm; ``target_length`` defaults to the preset's."""
-    from eat.model.eat import eat_config  # the pretraining presets define the encoder shapes
-
     enc = eat_config(size).encoder
     return dataclasses.replace(enc, target_length=target_length or enc.target_length)
 

@@ -13,16 +13,56 @@ an optional padding mask (True = padding; a whole time column is padded or not).
 * ``band-meanstd``: per band, the mean and std over time: ``[mean of all bands, std of all bands]``,
   ``(B, 2*F'*D)``.
 
+* ``cls``: the CLS token (not a pooling of the patch tokens; an encoder without extra tokens has none).
+
 Which blocks' tokens are pooled is a layer spec (:func:`parse_layers`): ``"-1"``, ``"0+2"``, ``"all"``; a
 multi-block embedding is the per-block pooled vectors concatenated in the spec's order.
+
+This module is the registry of both: every tool and API that gives a user one vector per clip takes its
+pooling names from :data:`POOLINGS`, its layer specs from :func:`parse_layers` and its defaults from
+:data:`DEFAULT_LAYERS` / :data:`DEFAULT_POOLING` (``FeatureExtractor.clip_embeddings``, ``tools/extract_features.py``,
+the HEAR scene embedding, ``tools/linear_probe.py``; the probe protocol and the pooled classifier head use
+the same names and :func:`pool_tokens`).
+
+**The default, every block with band mean+std** (``all`` / ``band-meanstd``), is the frozen embedding the probe
+protocol chose on validation for the pretrained encoders of the real-audio benchmark, and the best fixed cell
+there: hidden-speaker keywords 0.643 against 0.403 for ``all``/``mean`` (``recipes/configs/small_cpu.yaml``,
+3 seeds; docs/benchmarks.md, "Result: small_cpu.yaml"). It is wide: ``2 * F' * D`` values per block (8 bands
+for EAT's 128 mel bins), 147,456 for EAT-base's 12 blocks of 768; ``--layers=-1 --pooling mean`` (or ``cls``)
+gives a ``D``-wide vector where that matters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-TOKEN_POOLINGS = ("mean", "meanstd", "band-mean", "band-meanstd")
+TOKEN_POOLINGS = ("mean", "meanstd", "band-mean", "band-meanstd")  # poolings of the patch tokens
+POOLINGS = (*TOKEN_POOLINGS, "cls")  # every per-clip embedding a tool or API offers
+DEFAULT_LAYERS = "all"  # the recommended embedding (see the module docstring): every block ...
+DEFAULT_POOLING = "band-meanstd"  # ... each pooled to its per-band mean and std over time
+
+
+def check_poolings(poolings: str | Sequence[str]) -> list[str]:
+    """``poolings`` (one name or several) as a list; an unknown name raises ``ValueError``."""
+    out = [poolings] if isinstance(poolings, str) else list(poolings)
+    if not out:
+        raise ValueError("name at least one pooling")
+    for p in out:
+        if p not in POOLINGS:
+            raise ValueError(f"unknown pooling {p!r}; choose from {', '.join(POOLINGS)}")
+    return out
+
+
+def layer_spec(layers: str | int | Sequence[int]) -> str:
+    """A layer spec string from an old-style ``int`` or list of block indices (``[0, -1]`` -> ``"0+-1"``)."""
+    if isinstance(layers, str):
+        return layers
+    if isinstance(layers, int):
+        return str(layers)
+    return "+".join(str(int(i)) for i in layers)
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -45,7 +85,10 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
 
 
 def pooled_dim(pooling: str, embed_dim: int, num_bands: int) -> int:
-    """Width of :func:`pool_tokens`' output for ``embed_dim``-wide tokens on a grid of ``num_bands`` rows."""
+    """Width of one block's embedding under ``pooling`` (:func:`pool_tokens`' output, or the CLS token) for
+    ``embed_dim``-wide tokens on a grid of ``num_bands`` rows."""
+    if pooling == "cls":
+        return embed_dim
     check_pooling(pooling)
     per = embed_dim * (num_bands if pooling.startswith("band-") else 1)
     return 2 * per if pooling.endswith("meanstd") else per

@@ -286,6 +286,28 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def find_checkpoint(src: Path) -> Path | None:
+    """The ``step_*`` directory to read when ``src`` is one of our checkpoints or run directories (the
+    newest complete checkpoint of a run directory); ``None`` when ``src`` is neither. A checkpoint that
+    is there but incomplete raises :class:`CheckpointError`."""
+    if not src.is_dir():
+        return None
+    if (src / TRAINER_FILE).is_file() or (src / MARKER).is_file():
+        candidates = [src]
+    else:
+        candidates = list_checkpoints(src)
+        if not candidates:
+            return None
+    errors = []
+    for path in candidates:
+        try:
+            check_complete(path)
+            return path
+        except CheckpointError as e:
+            errors.append(str(e))
+    raise CheckpointError(errors[0] if len(candidates) == 1 else f"{src}: no complete checkpoint ({errors[0]})")
+
+
 def check_complete(path: Path, verify: Iterable[str] | None = None) -> dict[str, Any]:
     """Raise :class:`CheckpointError` unless the marker exists and every listed file has its recorded size;
     the files named in ``verify`` (default: all) must also match their recorded CRC-32 (checkpoints

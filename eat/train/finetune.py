@@ -59,6 +59,7 @@ from eat.data.manifest import LabelSet
 from eat.data.shards import ShardLabelledDataset, ShardSampler, labelled_dataset
 from eat.eval.metrics import accuracy, multilabel_summary
 from eat.eval.probe import DEFAULT_WEIGHT_DECAYS, fit_linear, validation_split, weight_decay_on_validation
+from eat.export import ExportError, read_export, save_export
 from eat.model.classifier import Classifier, ClassifierConfig, PatchoutConfig, classifier_config, head_spec
 from eat.model.imagenet_init import from_imagenet_vit
 from eat.model.vit import EncoderConfig
@@ -190,8 +191,6 @@ def build_classifier(model: ModelSection, num_classes: int, target_length: int) 
         if model.imagenet:
             classifier.encoder.load_state_dict(from_imagenet_vit(_load_weights_file(model.imagenet), cfg.encoder))
         return classifier
-
-    from eat.export import ExportError, read_export
 
     try:
         exported, tensors = read_export(model.init)
@@ -383,8 +382,6 @@ class EvalTracker:
 def export_classifier(classifier: Classifier, out: Path, cfg: FinetuneConfig, labels: LabelSet,
                       meta: dict[str, Any]) -> Path:
     """Write ``classifier`` as an export directory (loadable with ``eat.export.load_classifier``)."""
-    from eat.export import save_export
-
     c = classifier.cfg
     head = {**head_spec(c), "class_names": list(labels.class_names)}
     return save_export(out, c.encoder, classifier.state_dict(), cfg.data.frontend, head=head,
@@ -586,8 +583,6 @@ def with_init_frontend(cfg: FinetuneConfig) -> FinetuneConfig:
         return cfg
     if not cfg.model.init:
         raise ConfigError("model.init_frontend needs an --init export (whose front-end to use)")
-    from eat.export import ExportError, read_export
-
     try:
         exported, _ = read_export(cfg.model.init)
     except ExportError as e:
@@ -624,8 +619,6 @@ def score_best(classifier: Classifier, cfg: FinetuneConfig, test_set: LabelSet, 
                tracker: EvalTracker) -> dict[str, float]:
     """The evaluation split's metrics of the selected checkpoint (``out/best``), written to
     ``out/test_metrics.json``; ``classifier`` is left holding the selected weights."""
-    from eat.export import read_export
-
     if env.distributed:
         dist.barrier()  # best/ is written by rank 0
     _, tensors = read_export(tracker.best_dir)

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from eat.config import ConfigError
+
 
 @dataclass
 class OptimConfig:
@@ -39,8 +41,6 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         """Refuse values that would train silently wrong (e.g. a negative lr ascends the loss)."""
-        from eat.config import ConfigError
-
         def bad(key: str, want: str) -> ConfigError:
             return ConfigError(f"optim.{key}: must be {want}, got {getattr(self, key)!r}")
 

@@ -36,7 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import soundfile
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor
 
 from eat.audio.fbank import FrontendConfig
@@ -46,10 +49,14 @@ from eat.data import BadDataError, ManifestError, MaskConfig, PretrainDataset, R
 from eat.data import build_loader as build_data_loader
 from eat.data.batch import Batch, model_input
 from eat.data.loaders import SkippingLoader, check_loader_config
+from eat.data.manifest import scan_audio, write_manifest
+from eat.data.norm_stats import compute_stats
 from eat.data.shards import ShardPretrainDataset, ShardSampler
+from eat.export import ExportError, is_export_dir, read_export
+from eat.model.convert import ConversionError, load_official
 from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.model.vit import EncoderConfig
-from eat.train.checkpoint import CheckpointError
+from eat.train.checkpoint import MODEL_FILE, CheckpointError, find_checkpoint
 from eat.train.dist import DistEnv, init_distributed, shutdown
 from eat.train.flops import pretrain_flops_per_clip
 from eat.train.optim import OptimConfig, param_groups
@@ -186,13 +193,6 @@ def load_init(path: str | Path) -> InitWeights:
     directory (``config.json`` + ``model.safetensors``, encoder only). An official fine-tuned checkpoint
     gives its encoder (the head is dropped).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from eat.export import ExportError, find_checkpoint, is_export_dir, read_export
-    from eat.model.convert import ConversionError, load_official
-    from eat.train.checkpoint import MODEL_FILE, CheckpointError
-
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"model.init: {p}: no such file or directory")
@@ -482,11 +482,6 @@ def prepare_own_data(audio_dir: str | Path, out_dir: str | Path, max_target_leng
     ``reuse_only`` (the ranks of a multi-process launch): use an existing ``prepared.json`` or fail, so
     that several processes never write the same files.
     """
-    import soundfile
-
-    from eat.data.manifest import scan_audio, write_manifest
-    from eat.data.norm_stats import compute_stats
-
     src, out = Path(audio_dir).resolve(), Path(out_dir)
     if not src.is_dir():
         raise ConfigError(f"{audio_dir}: not a directory")

@@ -1,1 +1,4 @@
-"""Small helpers shared by the command-line tools (benchmark timing and machine description)."""
+"""Small helpers any layer may use (the layer above ``eat.config``; see "Layers" in docs/design.md).
+
+:mod:`eat.utils.bench` is only an alias of :mod:`eat.apps.bench_common`, where the benchmark helpers moved.
+"""
