@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 MARK = "EAT_TEST_RUN"
-DEADLINE_S = 900.0  # hang detection, not a speed check: the drills' subprocesses take 5-30 s on 2 idle cores
+DEADLINE_S = 1800.0  # hang detection, not a speed check: 10x the slowest subprocess (the quick demo, ~3 min idle)
 
 
 def _read(path: str) -> bytes:
@@ -110,9 +110,12 @@ def stacks(pids: Iterable[int]) -> str:
         text = f"--- pid {pid} (parent {_ppid(pid)}, state {_state(pid)}): {cmdline(pid)[:300]}\n"
         dump = ""
         try:
-            if pyspy:
-                dump = subprocess.run([pyspy, "dump", "--pid", str(pid)], capture_output=True, text=True,
-                                      timeout=60).stdout
+            for _ in range(3 if pyspy else 0):  # py-spy can miss a consistent snapshot now and then: retry
+                done = subprocess.run([pyspy, "dump", "--pid", str(pid)], capture_output=True, text=True,
+                                      timeout=60)
+                dump = done.stdout if "Thread" in done.stdout else dump + done.stderr
+                if "Thread" in done.stdout:
+                    break
             if not dump.strip() and gdb:
                 dump = subprocess.run([gdb, "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
                                       capture_output=True, text=True, timeout=60).stdout[-4000:]
@@ -206,3 +209,28 @@ def finish(procs: Iterable[subprocess.Popen], timeout: float = DEADLINE_S) -> li
             fail_run(procs, f"{p.args!r}: still running after {timeout:.0f} s")
         outs.append(out or "")
     return outs
+
+
+def run(cmd: list[str], *, capture_output: bool = False, check: bool = False, input: str | None = None,
+        timeout: float | None = None, **popen: object) -> subprocess.CompletedProcess:
+    """:func:`subprocess.run` for tests: the command runs in a process group of its own, and one that has not
+    ended by the hang deadline has the stacks of all its processes printed and is killed whole (a plain
+    ``subprocess.run`` timeout kills only the direct child and says nothing of where it hung). ``timeout`` is
+    accepted for call compatibility; only the hang deadline applies (a slow machine is not a failure)."""
+    if capture_output:
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.PIPE)
+    if input is not None:
+        popen.setdefault("stdin", subprocess.PIPE)
+    popen.setdefault("start_new_session", True)
+    proc = subprocess.Popen(cmd, **popen)
+    try:
+        out, err = proc.communicate(input, timeout=max(timeout or 0.0, DEADLINE_S))
+    except subprocess.TimeoutExpired:
+        fail_run([proc], f"{cmd!r}: still running after {DEADLINE_S:.0f} s")
+    finally:
+        kill(run_of([proc]))  # whatever the command left running in its group
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check:
+        done.check_returncode()
+    return done

@@ -9,12 +9,12 @@ from __future__ import annotations
 import errno
 import json
 import runpy
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import soundfile
 import torch
@@ -644,8 +644,8 @@ def _env() -> dict[str, str]:
 ])
 def test_real_processes_print_one_line_and_no_traceback(data, encoder, argv, needles):
     names = {"utf8": data["utf8"], "root": data["root"], "enc": encoder, "tsv": data["good_tsv"], "file": data["file"]}
-    proc = subprocess.run([sys.executable, *(a.format(**names) for a in argv)], capture_output=True, text=True,
-                          cwd=ROOT, env=_env(), timeout=120)
+    proc = procs.run([sys.executable, *(a.format(**names) for a in argv)], capture_output=True, text=True,
+                          cwd=ROOT, env=_env())
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -657,9 +657,9 @@ def test_real_processes_print_one_line_and_no_traceback(data, encoder, argv, nee
 def test_make_pretrain_with_a_typo_is_one_line_without_torchrun(tmp_path):
     """``make pretrain`` checks the config before torchrun starts ranks, so no ChildFailedError traceback."""
     venv = Path(sys.executable).parent.parent
-    proc = subprocess.run(["make", "-s", "-o", str(venv / ".installed-stamp"), "pretrain", f"VENV={venv}",
+    proc = procs.run(["make", "-s", "-o", str(venv / ".installed-stamp"), "pretrain", f"VENV={venv}",
                            f"CONFIG={TINY}", "ARGS=train.max_stepz=1"], capture_output=True, text=True, cwd=ROOT,
-                          env=_env(), timeout=120)
+                          env=_env())
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr + proc.stdout
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 
@@ -23,8 +24,8 @@ SPLIT_KEYS = {"teacher", "student_fwd_bwd", "decoder", "optimizer_ema", "other",
 
 
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return procs.run([sys.executable, str(ROOT / "tools" / tool), *args], capture_output=True, text=True,
+                          cwd=ROOT)
 
 
 def _bench(tool: str, tmp_path: Path, *args: str) -> dict:
@@ -101,11 +102,11 @@ def test_user_errors_are_one_line(tmp_path):
         ("bench_pretrain.py", ["--loader-only"], r"--loader-only", 2),  # argparse: --loader-only needs --loader
         ("bench_finetune.py", ["--patchout", "40"], r"^error: --patchout '40': expected two integers", 1),
     ]
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "tools" / tool), "--preset", "tiny", "--device", "cpu",
+    runs = [subprocess.Popen([sys.executable, str(ROOT / "tools" / tool), "--preset", "tiny", "--device", "cpu",
                                *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
              for tool, args, _, _ in cases]
-    for proc, (tool, _, pattern, code) in zip(procs, cases, strict=True):
-        _, err = proc.communicate(timeout=300)
+    for proc, (tool, _, pattern, code) in zip(runs, cases, strict=True):
+        _, err = proc.communicate(timeout=procs.DEADLINE_S)
         assert proc.returncode == code, (tool, err[-2000:])
         last = err.strip().splitlines()[-1]
         assert re.search(pattern, last), (tool, err[-2000:])

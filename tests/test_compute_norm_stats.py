@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import soundfile
 import torch
@@ -57,7 +58,7 @@ def reference(waves, target_length):
 
 
 def _tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=300)
+    return procs.run([sys.executable, str(TOOL), *args], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("target_length", [120, 0])
@@ -85,8 +86,8 @@ def test_cli_reports_the_statistics_and_takes_a_subset(corpus):
 
 def test_cli_errors_are_one_line(tmp_path):
     missing = tmp_path / "nope.tsv"
-    run = subprocess.run([sys.executable, str(TOOL), str(missing)], capture_output=True, text=True)
+    run = procs.run([sys.executable, str(TOOL), str(missing)], capture_output=True, text=True)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.strip().startswith("error:") and str(missing) in run.stderr
-    run = subprocess.run([sys.executable, str(TOOL), str(missing), "--preset", "nope"], capture_output=True, text=True)
+    run = procs.run([sys.executable, str(TOOL), str(missing), "--preset", "nope"], capture_output=True, text=True)
     assert run.returncode != 0 and "preset" in run.stderr and "Traceback" not in run.stderr

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import soundfile
 import torch
@@ -232,7 +232,7 @@ def test_pretrain_on_a_folder_of_audio_end_to_end(tmp_path):
            "train.max_steps=2", "train.log_every=1", "data.num_workers=0", "train.tensorboard=false",
            "train.cpu_threads=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = procs.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
     assert "11 clips (1 unreadable left out)" in text and "broken.wav" in text
@@ -264,9 +264,9 @@ def test_pretrain_on_a_folder_of_audio_end_to_end(tmp_path):
 
     # --prepare-only prepares and trains nothing; a length given on the command line is kept
     other = tmp_path / "run128"
-    proc = subprocess.run([sys.executable, str(RECIPE), "--config", str(TINY), "--data-dir", str(audio),
+    proc = procs.run([sys.executable, str(RECIPE), "--config", str(TINY), "--data-dir", str(audio),
                            "--prepare-only", f"train.out_dir={other}", "model.encoder.target_length=128"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "target_length 128 frames (1.28 s): as requested" in proc.stdout
     assert (other / "data" / "prepared.json").is_file() and not (other / "metrics.jsonl").exists()
@@ -275,8 +275,8 @@ def test_pretrain_on_a_folder_of_audio_end_to_end(tmp_path):
 def test_make_pretrain_runs_the_preparation_then_the_run():
     """``make pretrain DATA=... INIT=...`` prepares in one process, checks the config in one process (a bad key is
     one line there, not torchrun's traceback), then starts torchrun with the same data."""
-    proc = subprocess.run(["make", "-n", "pretrain", "DATA=/my/audio", "INIT=/w/eat.pt", "NPROC=2"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = procs.run(["make", "-n", "pretrain", "DATA=/my/audio", "INIT=/w/eat.pt", "NPROC=2"], cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "pretrain_as2m.py" in line]
     assert len(lines) == 3

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -180,7 +180,7 @@ def test_convert_official_tool(tmp_path):
     ft = torch.load(FIXTURES / "eat_tiny_finetune_parity.pt", weights_only=True)
 
     tool = [sys.executable, str(ROOT / "tools" / "convert_official.py")]
-    proc = subprocess.run([*tool, str(pre), str(tmp_path / "enc")], capture_output=True, text=True, timeout=120)
+    proc = procs.run([*tool, str(pre), str(tmp_path / "enc")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "encoder of the fairseq-pretrain checkpoint" in proc.stdout
     extractor = load_encoder(tmp_path / "enc")
@@ -204,7 +204,6 @@ def test_convert_official_tool(tmp_path):
 
     with pytest.raises(ExportError, match="no EMA teacher"):
         export_official(fine, tmp_path / "y", teacher=True)
-    proc = subprocess.run([*tool, str(tmp_path / "nope.pt"), str(tmp_path / "x")], capture_output=True, text=True,
-                          timeout=120)
+    proc = procs.run([*tool, str(tmp_path / "nope.pt"), str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().startswith("error: ") and "no such file" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -5,10 +5,10 @@ same network with its initial random weights and the pooled log-mel baseline."""
 import json
 import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -26,8 +26,8 @@ DEMO = ROOT / "tools" / "demo.py"
 def quick(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, str(DEMO), "--out", str(out), "--quick", "--seed", "0", "--device", "cpu",
-                           "--set", "train.log_every=50"], capture_output=True, text=True, env=env, timeout=600)
+    proc = procs.run([sys.executable, str(DEMO), "--out", str(out), "--quick", "--seed", "0", "--device", "cpu",
+                           "--set", "train.log_every=50"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, proc.stdout
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -197,12 +197,10 @@ def test_tool_command_line(tmp_path):
     enc = tiny_encoder()
     official_fairseq_checkpoint(tmp_path / "eat_tiny.pt")
     tool = [sys.executable, str(ROOT / "tools" / "export_encoder.py")]
-    ok = subprocess.run([*tool, str(tmp_path / "eat_tiny.pt"), str(tmp_path / "exp")], capture_output=True, text=True,
-                        timeout=120)
+    ok = procs.run([*tool, str(tmp_path / "eat_tiny.pt"), str(tmp_path / "exp")], capture_output=True, text=True)
     assert ok.returncode == 0 and "exported encoder of the fairseq-pretrain checkpoint" in ok.stdout, ok.stderr
     assert load_encoder(tmp_path / "exp").encoder.cfg.embed_dim == enc.cfg.embed_dim
-    bad = subprocess.run([*tool, str(tmp_path / "missing.pt"), str(tmp_path / "o")], capture_output=True, text=True,
-                         timeout=120)
+    bad = procs.run([*tool, str(tmp_path / "missing.pt"), str(tmp_path / "o")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip() == f"error: {tmp_path / 'missing.pt'}: no such file or directory"
 
 

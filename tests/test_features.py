@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import torch
 
@@ -199,8 +200,7 @@ def test_bad_arguments_raise_clear_errors():
 def extract_tool(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     """tools/extract_features.py as a user runs it; ``ok``: it must succeed, else fail with an ``error:`` line."""
     tool = Path(__file__).resolve().parents[1] / "tools" / "extract_features.py"
-    proc = subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = procs.run([sys.executable, str(tool), *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
     else:

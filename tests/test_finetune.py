@@ -4,11 +4,11 @@ augmentation and loss, task data readers (Speech Commands layout, csv), and a sh
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import soundfile
 import torch
@@ -165,7 +165,7 @@ def test_short_multilabel_run(tmp_path):
         (tmp_path / f"{split}.tsv").write_text(f"{audio}\n" + "".join(rows))
         (tmp_path / f"{split}.lbl").write_text("".join(lbl))
     out = tmp_path / "out"
-    proc = subprocess.run([
+    proc = procs.run([
         sys.executable, str(ROOT / "recipes" / "finetune.py"), "--task", "as2m", "--preset", "tiny", "--out", str(out),
         f"data.train={tmp_path / 'train.tsv'}", f"data.train_labels={tmp_path / 'train.lbl'}",
         f"data.valid={tmp_path / 'eval.tsv'}", f"data.valid_labels={tmp_path / 'eval.lbl'}",
@@ -173,7 +173,7 @@ def test_short_multilabel_run(tmp_path):
         "data.num_workers=0", "data.frontend.target_length=48", "augment.wave_mixup_prob=0.5",
         "augment.wave_mixup_alpha=10", "train.max_steps=4", "optim.warmup_steps=1", "train.tensorboard=false",
         "train.log_every=2",
-    ], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("mAP (last checkpoint):")
     summary = json.loads((out / "as2m_summary.json").read_text())

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 
@@ -57,9 +58,9 @@ def tiny_export(tmp_path_factory):
 @pytest.mark.slow
 def test_esc50_five_fold_cv(esc_root, tiny_export, tmp_path):
     out = tmp_path / "ft"
-    proc = subprocess.run(_recipe("--task", "esc50", "--esc50-root", str(esc_root), "--init", str(tiny_export),
+    proc = procs.run(_recipe("--task", "esc50", "--esc50-root", str(esc_root), "--init", str(tiny_export),
                                   "--preset", "tiny", "--out", str(out), *FAST),
-                          capture_output=True, text=True, env=_env(), timeout=600)
+                          capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith("mean accuracy over 5 folds")
@@ -97,10 +98,10 @@ def test_errors_are_one_line(esc_root, tiny_export, tmp_path):
         (["--task", "generic", "--out", str(tmp_path / "g")], "data.train"),
         ([*base, "--preset", "tiny", "data.batch_size=64", "data.num_workers=0"], "batch_size"),
     ]
-    procs = [subprocess.Popen(_recipe(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    runs = [subprocess.Popen(_recipe(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
              for argv, _ in cases]
-    for proc, (argv, expected) in zip(procs, cases, strict=True):
-        _, err = proc.communicate(timeout=300)
+    for proc, (argv, expected) in zip(runs, cases, strict=True):
+        _, err = proc.communicate(timeout=procs.DEADLINE_S)
         message = err.strip().splitlines()[-1] if err.strip() else ""
         assert proc.returncode != 0 and message.startswith("error: ") and expected in message, (argv, err[-2000:])
         assert "Traceback" not in err

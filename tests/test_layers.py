@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +22,7 @@ LINT = "import sys; from importlinter.cli import lint_imports_command; sys.exit(
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
     """``lint-imports`` with ``root``'s pyproject.toml on ``root``'s packages (the linter puts its working
     directory first on ``sys.path``); no cache, so a planted file is always seen."""
-    return subprocess.run([sys.executable, "-c", LINT, "--no-cache"], cwd=root, capture_output=True, text=True,
-                          timeout=120)
+    return procs.run([sys.executable, "-c", LINT, "--no-cache"], cwd=root, capture_output=True, text=True)
 
 
 def copy_project(dst: Path) -> Path:
@@ -121,8 +121,8 @@ for old, name, new in json.loads(sys.argv[1]):
     out.append([same, [str(w.message) for w in caught if w.category is DeprecationWarning]])
 print(json.dumps(out))
 """
-    r = subprocess.run([sys.executable, "-c", code, json.dumps(OLD_NAMES)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = procs.run([sys.executable, "-c", code, json.dumps(OLD_NAMES)], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     for (old, name, new), (same, warned) in zip(OLD_NAMES, json.loads(r.stdout.splitlines()[-1]), strict=True):
         assert same, f"{old}.{name} is not {new}.{name}"

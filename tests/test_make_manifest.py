@@ -1,8 +1,8 @@
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import soundfile
 
 from eat.data.manifest import read_manifest
@@ -23,7 +23,7 @@ def _tree(root: Path) -> None:
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True)
+    return procs.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True)
 
 
 def test_good_files_written_bad_ones_reported(tmp_path):

@@ -4,9 +4,10 @@ chosen seeds, averaged initial weights, the figure, and one-line errors."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = [sys.executable, str(ROOT / "tools" / "plot_probe_curve.py")]
@@ -38,7 +39,7 @@ def test_table_figure_and_errors(tmp_path):
     png = tmp_path / "curve.png"
     cmd = TOOL + ["--probe", str(p1), "--probe", str(p2), "--run", f"a={_run(tmp_path / 'a', 0.0, [500, 1000])}",
                   "--seeds", "a,b", "--out", str(png)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = procs.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert "| a | 500 | 50 | 0.500 |" in lines and "| a | 1000 | 100 | 0.600 |" in lines  # 0.1 s/update from start
@@ -47,10 +48,10 @@ def test_table_figure_and_errors(tmp_path):
     assert not any(line.startswith("| mean ± std | 1000") for line in lines)  # only a saved step 1000
     assert "| initial weights | - | - | 0.300 ± 0.141 (n=2) |" in lines and "| log-mel | - | - | 0.400 |" in lines
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert subprocess.run(TOOL + ["--help"], capture_output=True, timeout=60).returncode == 0
+    assert procs.run(TOOL + ["--help"], capture_output=True).returncode == 0
     for bad, msg in ((TOOL + ["--probe", str(p1), "--pooling", "cls"], "no RUN@STEP source"),
                      (TOOL + ["--probe", str(tmp_path / "missing.json")], "missing.json"),
                      (TOOL + ["--probe", str(p1), "--run", "a"], "expected NAME=RUN_DIR"),
                      (TOOL, "--probe")):
-        r = subprocess.run(bad, capture_output=True, text=True, timeout=60)
+        r = procs.run(bad, capture_output=True, text=True)
         assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and msg in r.stderr, r.stderr

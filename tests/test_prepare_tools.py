@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import soundfile
 
 from eat.data import synthetic as syn
@@ -18,8 +19,8 @@ SR = 16000
 
 def run_tool(name: str, *args: str | Path, ok: bool = True) -> subprocess.CompletedProcess:
     """``tools/<name>.py`` as a user runs it; ``ok``: it must succeed, else it must fail with one line."""
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / f"{name}.py"), *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    proc = procs.run([sys.executable, str(ROOT / "tools" / f"{name}.py"), *map(str, args)], capture_output=True,
+                          text=True)
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
     else:

@@ -65,15 +65,14 @@ def _check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, ex
 
 def run_python(out: Path, manifest: Path, *overrides: str) -> str:
     """One plain ``python`` process, no launcher."""
-    proc = subprocess.run([PYTHON, *_args(out, manifest, *overrides)], capture_output=True, text=True,
-                          env=_env(), timeout=300)
+    proc = procs.run([PYTHON, *_args(out, manifest, *overrides)], capture_output=True, text=True,
+                          env=_env())
     _check(proc, proc.stdout + proc.stderr)
     return proc.stdout + proc.stderr
 
 
 def run_torchrun(out: Path, manifest: Path, *overrides: str) -> str:
-    proc = subprocess.run(_torchrun(out, manifest, *overrides), capture_output=True, text=True, env=_env(),
-                          timeout=300)
+    proc = procs.run(_torchrun(out, manifest, *overrides), capture_output=True, text=True, env=_env())
     _check(proc, proc.stdout + proc.stderr)
     return proc.stdout + proc.stderr
 
@@ -278,7 +277,7 @@ def test_sigterm_on_one_rank_checkpoints_all_and_resume_auto_continues(manifest,
 def test_user_error_is_one_line_on_stderr_and_fails():
     """A real process (the in-process test below covers the other messages)."""
     cmd = [PYTHON, str(RECIPE), "--config", str(TINY), "train.max_stepz=3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+    proc = procs.run(cmd, capture_output=True, text=True, env=_env())
     assert proc.returncode != 0
     message = "error: unknown config key train.max_stepz in 'train'"
     assert proc.stderr.strip() == message or proc.stderr.strip().startswith(message + ";"), proc.stderr
@@ -305,7 +304,7 @@ def test_more_user_errors_in_process(args, message, tmp_path):
 
 
 def test_help_lists_the_config_sections():
-    proc = subprocess.run([PYTHON, str(RECIPE), "--help"], capture_output=True, text=True, env=_env(), timeout=120)
+    proc = procs.run([PYTHON, str(RECIPE), "--help"], capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr
     for section in ("model:", "data:", "optim:", "train:", "train_manifest", "max_steps", "--resume", "--data-dir",
                     "init"):

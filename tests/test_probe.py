@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import torch
 
@@ -144,8 +145,8 @@ def test_probe_rejects_bad_shapes():
 
 def run_probe_tool(*args: str) -> subprocess.CompletedProcess:
     """tools/linear_probe.py as a user runs it."""
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "linear_probe.py"), *args], capture_output=True,
-                          text=True, timeout=300)
+    return procs.run([sys.executable, str(ROOT / "tools" / "linear_probe.py"), *args], capture_output=True,
+                          text=True)
 
 
 def test_cli_features_mode_end_to_end(tmp_path):
@@ -182,7 +183,7 @@ def test_cli_encoder_on_synthetic_esc50_end_to_end(tmp_path, esc50_like):
     cmd = [sys.executable, str(ROOT / "tools" / "linear_probe.py"), "--encoder", str(tmp_path / "enc"),
            "--esc50-root", str(root), "--fold", "1", "--knn", "3", "--layers=-1", "--pooling", "mean", "--json",
            "--weight-decays", "1e-3", "1e-1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = procs.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["metric"] == "accuracy" and 0.0 <= out["score"] <= 1.0
@@ -190,11 +191,11 @@ def test_cli_encoder_on_synthetic_esc50_end_to_end(tmp_path, esc50_like):
     assert set(out["val_scores"]) == {"0.001", "0.1"} and out["knn"]["k"] == 3
     assert "skipped" in res.stderr and "1-100000-A-0.wav" in res.stderr
     # the default cell: every block, mean+std per frequency band (8 bands of 128 mel bins / 16)
-    res = subprocess.run(cmd[:8] + ["--json", "--weight-decays", "1e-1"], capture_output=True, text=True, timeout=300)
+    res = procs.run(cmd[:8] + ["--json", "--weight-decays", "1e-1"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["layers"] == "all" and out["dim"] == 3 * 2 * 8 * 96
-    res = subprocess.run(cmd[:8] + ["--layers", "3"], capture_output=True, text=True, timeout=300)
+    res = procs.run(cmd[:8] + ["--layers", "3"], capture_output=True, text=True)
     assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: layer spec '3'")
 
 

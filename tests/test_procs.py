@@ -29,8 +29,8 @@ def test_a_hung_run_is_reported_with_its_stacks_and_killed_whole():
         procs.wait_until(lambda: False, [proc], "a step that never comes", timeout=2)
     report = str(failure.value)
     assert "a step that never comes: not within 2 s" in report
-    assert f"pid {proc.pid}" in report and f"pid {grandchild}" in report
-    assert "stuck_in_here" in report  # the Python stack of the hung process (py-spy)
+    assert f"pid {proc.pid}" in report and f"pid {grandchild}" in report, report
+    assert "stuck_in_here" in report, report  # the Python stack of the hung process (py-spy)
     assert proc.poll() is not None and not procs.alive(grandchild)
 
 

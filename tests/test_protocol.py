@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import soundfile
 import torch
@@ -229,7 +229,7 @@ def test_tool_end_to_end_with_control_logmel_and_a_broken_clip(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "probe_protocol.py"), "--encoder", f"pre={tmp_path / 'enc'}",
            "--control-from", str(run), "--task-dir", str(task), "--layers=-1,0+1", "--json", str(out),
            "--weight-decays", "1e-3", "1e-1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = procs.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "| source | layers | mean | meanstd | band-mean | band-meanstd | cls |" in res.stdout
     assert "3 skipped" not in res.stdout and res.stdout.count("chosen on validation for") == 3
@@ -250,7 +250,7 @@ def test_tool_end_to_end_with_control_logmel_and_a_broken_clip(tmp_path):
     pre = {(r["layers"], r["pooling"]): r["score"] for r in data["rows"] if r["source"] == "pre"}
     init = {(r["layers"], r["pooling"]): r["score"] for r in data["rows"] if r["source"] == "initial weights"}
     assert pre == init
-    bad = subprocess.run(cmd[:-3] + ["--layers", "7"], capture_output=True, text=True, timeout=120)
+    bad = procs.run(cmd[:-3] + ["--layers", "7"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "block 7 out of range" in bad.stderr
 
 

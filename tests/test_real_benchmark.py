@@ -4,6 +4,7 @@ and its one-line errors when a package is missing. The full build is a tool run 
 from __future__ import annotations
 
 import numpy as np
+import procs
 import pytest
 
 from eat.apps import real_benchmark as rb
@@ -117,16 +118,15 @@ def test_missing_program_is_a_one_line_error_naming_it(monkeypatch):
 
 
 def test_tool_refuses_a_non_empty_output_folder(tmp_path):
-    import subprocess
     import sys
     from pathlib import Path
 
     (tmp_path / "x").write_text("keep me")
     tool = Path(__file__).resolve().parents[1] / "tools" / "make_real_benchmark.py"
-    r = subprocess.run([sys.executable, str(tool), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    r = procs.run([sys.executable, str(tool), str(tmp_path)], capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.strip().startswith("error:") and "\n" not in r.stderr.strip()
     assert (tmp_path / "x").read_text() == "keep me"
-    r = subprocess.run([sys.executable, str(tool), "--packages"], capture_output=True, text=True, timeout=60)
+    r = procs.run([sys.executable, str(tool), "--packages"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.split() == list(rb.PACKAGES)
 
 

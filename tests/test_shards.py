@@ -266,14 +266,14 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 def make_shards(*args) -> subprocess.CompletedProcess:
     """tools/make_shards.py as the user runs it."""
-    return subprocess.run(_cmd("tools/make_shards.py", *args), env=ENV, capture_output=True, text=True, timeout=300)
+    return procs.run(_cmd("tools/make_shards.py", *args), env=ENV, capture_output=True, text=True)
 
 
 def run_all(*commands: list[str]) -> list[subprocess.CompletedProcess]:
     """Run independent commands at once (each process mostly imports torch) and wait for all."""
-    procs = [subprocess.Popen(c, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
-    outs = [p.communicate(timeout=300) for p in procs]
-    return [subprocess.CompletedProcess(c, p.returncode, o, e) for c, p, (o, e) in zip(commands, procs, outs,
+    runs = [subprocess.Popen(c, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outs = [p.communicate(timeout=procs.DEADLINE_S) for p in runs]
+    return [subprocess.CompletedProcess(c, p.returncode, o, e) for c, p, (o, e) in zip(commands, runs, outs,
                                                                                          strict=True)]
 
 
@@ -397,7 +397,7 @@ def test_pretraining_from_shards_on_two_ranks_resumes_exactly(tmp_path):
                f"data.train_shards={tmp_path / 'sh'}", f"train.out_dir={out}", "train.log_every=1",
                "train.tensorboard=false", "train.keep_last=0", "train.cpu_threads=1", "train.max_steps=8",
                "data.shard_window=9", "model.encoder.target_length=96", *extra]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        proc = procs.run(cmd, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
     run(tmp_path / "a", "train.save_every=3")

@@ -4,11 +4,11 @@ the one-line config errors. Tiny encoders, clips under a second, a few updates."
 
 import csv
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import soundfile
 import torch
@@ -245,7 +245,7 @@ def test_recipe_small_task_errors_are_one_line(task, tmp_path):
     cases = [([*base, "--init", str(export), "model.layers=7"], "layers"),
              ([*base], "model.init_frontend needs an --init export")]
     for argv, expected in cases:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        proc = procs.run(argv, capture_output=True, text=True)
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
         assert proc.returncode != 0 and message.startswith("error: ") and expected in message, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
@@ -290,16 +290,16 @@ def test_bench_tool_table_resume_and_errors(task, tmp_path, capsys):
     argv = ["--task-dir", str(root), "--encoder", str(export), "--seeds", "0", "1", "--out", str(tmp_path / "b"),
             "data.batch_size=8", "data.num_workers=0", "train.max_steps=3", "optim.warmup_steps=1",
             "model.probe_weight_decays=[0.001,0.1]"]
-    proc = subprocess.run([sys.executable, str(tool), *argv], capture_output=True, text=True, timeout=300)
+    proc = procs.run([sys.executable, str(tool), *argv], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     rows = [ln for ln in lines if ln.startswith(f"| {root.name} |")]
     assert len(rows) == 3  # two seeds, one summary row
     assert "[2/2]" in proc.stdout and "ETA" in proc.stdout
-    again = subprocess.run([sys.executable, str(tool), *argv], capture_output=True, text=True, timeout=300)
+    again = procs.run([sys.executable, str(tool), *argv], capture_output=True, text=True)
     assert again.returncode == 0 and "done before" in again.stdout  # finished runs are not repeated
     assert [ln for ln in again.stdout.splitlines() if ln.startswith(f"| {root.name} |")] == rows
-    bad = subprocess.run([sys.executable, str(tool), "--task-dir", str(root), "--encoder", str(export), str(export),
-                          "--seeds", "0", "1", "2"], capture_output=True, text=True, timeout=120)
+    bad = procs.run([sys.executable, str(tool), "--task-dir", str(root), "--encoder", str(export), str(export),
+                          "--seeds", "0", "1", "2"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         "error: --encoder: give one export or one per seed (3), got 2"]

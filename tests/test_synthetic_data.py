@@ -1,11 +1,11 @@
 import csv
 import re
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import soundfile
 
@@ -215,11 +215,11 @@ def test_level_is_random_and_bounded():
 
 def test_cli_writes_both_sets_and_rejects_bad_sizes(tmp_path):
     tool = str(ROOT / "tools" / "make_synthetic_data.py")
-    r = subprocess.run([sys.executable, tool, str(tmp_path / "o"), "--num-clips", "2", "--duration", "0.2",
+    r = procs.run([sys.executable, tool, str(tmp_path / "o"), "--num-clips", "2", "--duration", "0.2",
                         "--num-classes", "2", "--clips-per-class", "5", "--labelled-duration", "0.2"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert len(read_manifest(tmp_path / "o/unlabelled/train.tsv")) == 2
     assert len(read_esc50(tmp_path / "o/esc50")) == 10
-    bad = subprocess.run([sys.executable, tool, str(tmp_path / "p"), "--num-clips", "0"], capture_output=True, text=True)
+    bad = procs.run([sys.executable, tool, str(tmp_path / "p"), "--num-clips", "0"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip() == "error: --num-clips must be positive, got 0"
