@@ -131,4 +131,4 @@ def test_mel_rows_cover_every_weight(bins, n_fft, rate, low, high):
         k0, k1 = fbank_module._mel_rows(bins, n_fft, rate, low, high, b0, b1)
         used = dense[:, b0:b1].ne(0).any(dim=1).nonzero().flatten()
         assert used.numel() and k0 <= int(used[0]) and int(used[-1]) < k1
-        assert k1 - k0 <= used.numel() + 2  # at most one spare bin on each side
+        assert k1 - k0 <= used.numel() + 4  # a spare bin on each side, plus edge bins whose weight rounds to 0
