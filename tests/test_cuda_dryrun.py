@@ -14,7 +14,7 @@ from eat.model import vit
 from eat.model.decoder import CNNDecoder
 from eat.model.eat import EATModel
 from eat.utils import dryrun
-from eat.utils.dryrun import HEADS, finetune_step, pretrain_backward, pretrain_step
+from eat.utils.dryrun import HEADS, extraction_step, finetune_step, pretrain_backward, pretrain_step
 
 fbank_module = importlib.import_module("eat.audio.fbank")  # eat.audio.fbank is also a function's name
 BF16 = "bfloat16"
@@ -55,6 +55,13 @@ def test_finetune_step_every_head(head):
 
 def test_finetune_step_multilabel():
     _on_gpu(finetune_step("cls", multi_label=True).outputs)
+
+
+def test_extraction_hear_and_probe_features():
+    r = extraction_step(batch_size=3, layers=(0, -1), poolings=("mean", "meanstd", "band-mean", "band-meanstd"))
+    _on_gpu(r)
+    assert r["cls"] == "float32 cuda:0 (3, 96)"
+    assert r["block2_band-meanstd"] == "float32 cuda:0 (3, 1536)"  # 2 x 8 bands x 96
 
 
 def test_no_fake_tensor_outlives_the_region():

@@ -393,3 +393,52 @@ def finetune_step(head: str = "cls", batch_size: int = 4, num_classes: int = 5, 
         values = trainer.train_step(batch)
         out = summary(values)
     return FinetuneDryRun(head, out, seen.get("linear", "?").removeprefix("torch."), len(grads))
+
+
+def extraction_step(batch_size: int = 3, seconds: float = 2.0, layers: tuple[int, ...] = (0, -1),
+                    poolings: tuple[str, ...] = ("mean", "band-meanstd")) -> dict[str, str]:
+    """The device part of feature extraction (:class:`eat.features.FeatureExtractor`), HEAR
+    (:mod:`eat.hear`) and the linear probe's feature path (:func:`eat.eval.protocol.encoder_embeddings`) on
+    fake CUDA under bf16 autocast: a padded waveform batch with per-clip lengths -> the batched fbank -> padding
+    frames set to the silence value -> the encoder with a patch padding mask, several blocks -> utterance
+    embeddings (CLS, and the mean over valid patches) and the probe's token poolings. The host-side plan of an
+    extraction (input checks, clip lengths -> windows) reads values by design and is made outside the region
+    here from the shapes (clips of one length, as HEAR passes them)."""
+    import dataclasses as dc
+
+    from eat.audio.fbank import FrontendConfig, num_frames, waveform_to_input
+    from eat.features import FeatureExtractor
+    from eat.model.eat import eat_config
+    from eat.model.pooling import pool_tokens
+    from eat.model.vit import Encoder
+
+    enc_cfg = eat_config("tiny").encoder
+    frontend = FrontendConfig(target_length=enc_cfg.target_length)
+    samples = int(seconds * frontend.sample_rate)
+    frames = int(num_frames(samples, frontend.sample_rate, frontend.frame_length_ms, frontend.frame_shift_ms))
+    device = torch.device("cuda", 0)
+    out: dict[str, Tensor] = {}
+    with fake_cuda():
+        encoder = build_fake(lambda: Encoder(enc_cfg), device)
+        extractor = FeatureExtractor(encoder, frontend)
+        blocks = extractor.layer_indices(list(layers))
+        patch, stride = enc_cfg.patch_size, enc_cfg.patch_stride[0]
+        cols = (max(frames - patch, 0) + stride - 1) // stride + 1  # host plan, from the shape
+        width = int(extractor.frames_for_columns(cols))
+        waves = torch.empty(batch_size, samples).to(device)
+        lengths = torch.empty(batch_size, dtype=torch.long).to(device)
+        fb = waveform_to_input(waves, dc.replace(frontend, target_length=frames, crop="head"), lengths)
+        valid_frames = num_frames(lengths, frontend.sample_rate, frontend.frame_length_ms, frontend.frame_shift_ms)
+        fb = extractor._pad_frames(fb, valid_frames, width)
+        col_pad = torch.arange(cols, device=device) >= extractor.columns_for_frames(valid_frames)[:, None]
+        mask = col_pad.repeat_interleave(encoder.num_freq_patches, dim=1)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            tokens = extractor._encode(fb, mask, blocks)
+        extra = enc_cfg.num_extra_tokens
+        out["cls"] = tokens[-1][:, 0].float()
+        for block, t in zip(blocks, tokens, strict=True):
+            for pooling in poolings:
+                out[f"block{block}_{pooling}"] = pool_tokens(t[:, extra:].float(), mask, pooling,
+                                                             encoder.num_freq_patches)
+        out["frames"] = tokens[-1][:, extra:].reshape(batch_size, cols, encoder.num_freq_patches, -1).mean(2)
+        return summary(out)
