@@ -113,6 +113,35 @@ def test_planted_fp32_buffer_into_bf16_fails(monkeypatch):
         pretrain_step("tiny")
 
 
+def test_planted_copy_to_host_fails(monkeypatch):
+    forward = EATModel.forward
+
+    def forward_keeping_a_host_copy(self, *args, **kwargs):  # the defect: .cpu() waits for the GPU
+        out = forward(self, *args, **kwargs)
+        self.last_loss = out["loss"].detach().cpu()
+        return out
+
+    monkeypatch.setattr(EATModel, "forward", forward_keeping_a_host_copy)
+    with pytest.raises(RuntimeError, match="waits for the GPU"):
+        pretrain_step("tiny")
+
+
+def test_planted_boolean_test_of_a_device_tensor_fails(monkeypatch):
+    from eat.audio import augment
+
+    spec_augment = augment.spec_augment
+
+    def checked(x, freq_mask, time_mask, generator=None):  # the defect: a Python `if` on device values
+        out = spec_augment(x, freq_mask, time_mask, generator)
+        if (out == 0).all():
+            raise ValueError("everything masked")
+        return out
+
+    monkeypatch.setattr(augment, "spec_augment", checked)
+    with pytest.raises(DataDependentOutputException):
+        finetune_step("mean")
+
+
 def test_the_fbank_sync_it_found_stays_found(monkeypatch):
     """The first GPU fbank call used to read its mel matrix on the host (``nonzero().tolist()``) to find each
     filter group's FFT bins; the dry run stopped there. Putting that back makes it fail again."""

@@ -7,7 +7,8 @@ so a step run on them fails exactly where a first GPU run would fail:
 * an op that mixes ``cpu`` and ``cuda`` tensors (a tensor made without ``device=`` in a forward) raises
   ``Unhandled FakeTensor Device Propagation``; a 0-dim CPU tensor mixes with CUDA ones, as on a real GPU;
 * every data-dependent op (``.item()``, ``.tolist()``, ``bool(t)``, ``nonzero``, a shape read from values)
-  raises ``DataDependentOutputException`` / ``DynamicOutputShapeException``: each is a host sync on a GPU;
+  raises ``DataDependentOutputException`` / ``DynamicOutputShapeException``: each is a host sync on a GPU; so
+  does a blocking copy to the host (``.cpu()``), checked by :class:`SameDtypeCheck`;
 * a dtype mismatch raises as the CUDA kernel would (e.g. a bf16 activation meeting an fp32 tensor in an op that
   needs one dtype): the fake kernels of matrix products do not check it, :class:`SameDtypeCheck` does.
 
@@ -113,12 +114,23 @@ SAME_DTYPE_OPS = {
 
 
 class SameDtypeCheck(TorchDispatchMode):
-    """Raise, as the CUDA kernel would, when an op of :data:`SAME_DTYPE_OPS` gets floating tensors of different
-    dtypes (e.g. a bf16 activation and an fp32 buffer in a matrix product outside autocast)."""
+    """Two checks fake kernels do not make. (1) Raise, as the CUDA kernel would, when an op of
+    :data:`SAME_DTYPE_OPS` gets floating tensors of different dtypes (e.g. a bf16 activation and an fp32 buffer in
+    a matrix product outside autocast). (2) Raise on a blocking device-to-host copy (``.cpu()``, ``.to("cpu")``,
+    ``cpu_tensor.copy_(cuda_tensor)``): on a GPU it waits for every queued kernel, a host sync even when the
+    copied values are never read (``non_blocking=True`` copies pass)."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func.overloadpacket in SAME_DTYPE_OPS:
+        packet = func.overloadpacket
+        if packet is _aten._to_copy and not kwargs.get("non_blocking", False):
+            source, target = args[0].device, kwargs.get("device")
+            if source.type != "cpu" and target is not None and torch.device(target).type == "cpu":
+                raise RuntimeError(f"{func}: a blocking copy {source} -> cpu waits for the GPU (a host sync)")
+        if packet is _aten.copy_ and not (args[2] if len(args) > 2 else kwargs.get("non_blocking", False)):
+            if args[0].device.type == "cpu" and args[1].device.type != "cpu":
+                raise RuntimeError(f"{func}: a blocking copy {args[1].device} -> cpu waits for the GPU (a host sync)")
+        if packet in SAME_DTYPE_OPS:
             dtypes = {t.dtype for t in pytree.tree_leaves((args, kwargs))
                       if isinstance(t, Tensor) and t.is_floating_point()}
             if len(dtypes) > 1:
