@@ -34,6 +34,13 @@ def test_pretrain_step_host_mask(fbank_on_device):
     assert r.optimizer == "fused" and r.grads > 0  # fused AdamW (found_inf on the device) and the EMA ran
 
 
+def test_pretrain_step_base_preset():
+    """The configuration the main user runs: EAT-base, 10 s clips (1024 frames), 16 clones, GPU fbank."""
+    r = pretrain_step("base", batch_size=2, fbank_on_device=True)
+    _on_gpu(r.outputs)
+    assert r.linear_dtype == BF16
+
+
 def test_pretrain_step_device_mask():
     r = pretrain_step("tiny", device_mask=True)
     _on_gpu(r.outputs)

@@ -8,7 +8,7 @@
 # Parts, each under its own time limit (expected time on one H100/H200 in brackets):
 #   1. suite  [~2 min, limit 180 s]: the tests that exercise CUDA (GPU-only tests skip on CPU) and the fake-CUDA
 #      dry run, now with a real device present.
-#   2. run    [~5 min, limit 360 s]: torchrun EAT-base pretraining on synthetic 10 s clips with train.compile=true and
+#   2. run    [~5 min, limit 360 s]: torchrun EAT-base pretraining on 400 synthetic 10 s clips with train.compile=true and
 #      the fbank on the GPU; SIGTERM to the whole process group after step 20; the same command again resumes and
 #      finishes at step 60.
 #   3. bench  [~5 min, limit 330 s]: tools/bench_pretrain.py (compiled, flash attention, GPU fbank, host syncs per
@@ -43,15 +43,15 @@ if [ "$DRY" = 1 ]; then
   BENCH_PRE=(--preset tiny --device cpu --batch 2 --steps 2 --warmup 1 --split-steps 1 --fbank-on-device)
   BENCH_FT=(--preset tiny --device cpu --batch 2 --steps 1 --warmup 1)
   PREDICT=(--preset tiny --batch 1); PREDICT_SPEED=(--no-calibrate)
-  LIMIT_SUITE=180; LIMIT_RUN=300; LIMIT_BENCH=300
+  LIMIT_SUITE=180; LIMIT_RUN=300; LIMIT_BENCH=300; WORKERS=1
 else
-  DEVICE=cuda; PRESET=base; CONFIG=recipes/configs/pretrain_as2m.yaml; CLIPS=1000; DURATION=10; STEPS=60; CUT=20
+  DEVICE=cuda; PRESET=base; CONFIG=recipes/configs/pretrain_as2m.yaml; CLIPS=400; DURATION=10; STEPS=60; CUT=20
   COMPILE=true
-  SUITE_ARGS=(-q -x -m "not slow")
+  SUITE_ARGS=(-q -m "not slow")
   BENCH_PRE=(--preset base --batch 12 --clones 16 --compile --sdpa-backend flash --fbank-on-device --steps 20)
   BENCH_FT=(--preset eat_base --batch 48 --compile)
   PREDICT=(--preset base --batch 12); PREDICT_SPEED=()
-  LIMIT_SUITE=180; LIMIT_RUN=360; LIMIT_BENCH=330
+  LIMIT_SUITE=180; LIMIT_RUN=360; LIMIT_BENCH=330; WORKERS=6
 fi
 
 part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log to OUT/NAME.log, record status and seconds
@@ -83,7 +83,7 @@ run_pretrain() {  # SIGTERM to the process group at step CUT, then the same comm
   local cmd=("$TORCHRUN" --standalone --nproc_per_node="$NPROC" recipes/pretrain_as2m.py --config "$CONFIG"
              data.train_manifest="$data/unlabelled/train.tsv" data.fbank_on_device=true train.compile=$COMPILE
              train.device=$DEVICE train.out_dir="$run" train.max_steps=$STEPS train.log_every=1 train.save_every=0
-             train.tensorboard=false data.num_workers=2 model.encoder.target_length=$([ "$PRESET" = tiny ] && echo 256 || echo 1024))
+             train.tensorboard=false data.num_workers=$WORKERS model.encoder.target_length=$([ "$PRESET" = tiny ] && echo 256 || echo 1024))
   setsid "${cmd[@]}" > "$OUT/run_first.log" 2>&1 & local pid=$!
   until grep -q "\"step\": $CUT[,}]" "$run/metrics.jsonl" 2>/dev/null; do
     kill -0 $pid 2>/dev/null || { echo "the run ended before step $CUT"; cat "$OUT/run_first.log"; return 1; }
@@ -99,7 +99,7 @@ run_pretrain() {  # SIGTERM to the process group at step CUT, then the same comm
 }
 part run "$LIMIT_RUN" bash -c "$(declare -f run_pretrain); OUT='$OUT' PY='$PY' TORCHRUN='$TORCHRUN' NPROC=$NPROC \
   CONFIG='$CONFIG' COMPILE=$COMPILE DEVICE=$DEVICE STEPS=$STEPS CUT=$CUT CLIPS=$CLIPS DURATION=$DURATION \
-  PRESET=$PRESET; run_pretrain"
+  PRESET=$PRESET WORKERS=$WORKERS; run_pretrain"
 
 # ---------------------------------------------------------------------------------------------- 3. bench
 part bench "$LIMIT_BENCH" bash -c "set -e
