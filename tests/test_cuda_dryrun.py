@@ -41,8 +41,8 @@ def test_pretrain_step_base_preset():
     assert r.linear_dtype == BF16
 
 
-def test_pretrain_step_device_mask():
-    r = pretrain_step("tiny", device_mask=True)
+def test_pretrain_step_device_mask_and_accumulation():
+    r = pretrain_step("tiny", device_mask=True, grad_accum=2)
     _on_gpu(r.outputs)
     assert r.linear_dtype == BF16
 

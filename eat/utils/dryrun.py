@@ -32,11 +32,14 @@ made earlier) raises too. What torch cannot do without a device, and how this mo
 * **Attention kernels.** Pinning flash or cuDNN attention asks the device what it supports: the dry run uses
   ``sdpa_backend=auto`` (which the fake dispatch resolves without a device).
 
-**Host decisions are made outside the fake region, by design.** The step reads no tensor values on the host:
-EAT's visible-token count comes from the config on an accelerator (:meth:`eat.model.eat.EATModel.forward`), the
-fine-tuning augmentation seed from the batch's host indices *before* the step (``batch_seed``, computed by the
-caller in a real run by :class:`eat.train.finetune.BatchPrep` from host tensors, free). Host tensors of a loader
-batch (masks, targets) enter the region as fake CPU tensors and are copied to the device there, as in a run.
+**Host decisions are made outside the fake region, by design.** The step reads no device values on the host.
+Two decisions are host-side by design and are not run in the region: EAT's visible-token count, which on an
+accelerator comes from the config (:meth:`eat.model.eat.EATModel.forward`; on CPU the mask is counted, free), and
+fine-tuning's augmentation seed, which :class:`eat.train.finetune.BatchPrep` computes from the loader's host
+``index`` tensor (free: no device involved; inside the region every tensor is fake, so the dry-run batch carries
+no ``index``). Host tensors of a loader batch (masks, targets) enter the region as fake CPU tensors and are
+copied to the device there, as in a run. Feature extraction plans its windows from the clips' lengths on the
+host (:func:`extraction_step` makes that plan from the shapes, outside the region).
 
 Models are built on the ``meta`` device and converted (:func:`fake_module`): deep copies of fake tensors (the
 EMA teacher) would need a second fake mode. Caches of device constants (the fbank's windows and mel matrices) are
@@ -248,20 +251,22 @@ class PretrainDryRun:
 
 
 def pretrain_step(preset: str = "tiny", batch_size: int = 2, fbank_on_device: bool = True,
-                  device_mask: bool = False, overrides: dict[str, Any] | None = None) -> PretrainDryRun:
+                  device_mask: bool = False, overrides: dict[str, Any] | None = None,
+                  grad_accum: int = 1) -> PretrainDryRun:
     """One :meth:`eat.train.trainer.Trainer.train_step` of EAT pretraining on fake CUDA, as a run would do it:
     the recipe's batch preparation (waveforms -> the batched fbank on the device, or a spectrogram batch), the
     loader's host mask copied to the device (``device_mask=False``) or masks made on the device, bf16 autocast,
-    the loss, gradients (:func:`fake_backward`), clipping, fused AdamW with ``found_inf``, the EMA hook."""
+    the loss, gradients (:func:`fake_backward`), clipping, fused AdamW with ``found_inf``, the EMA hook;
+    ``grad_accum`` micro-batches per update (the recipe's ``accumulation_aware`` loss weighting included)."""
     from eat.data.batch import model_input
     from eat.data.datasets import wave_length
     from eat.model.eat import EATModel, eat_config
     from eat.train.dist import DistEnv
     from eat.train.optim import OptimConfig, param_groups
-    from eat.train.pretrain import DataConfig, PretrainBatchPrep, frontend_for
+    from eat.train.pretrain import DataConfig, PretrainBatchPrep, accumulation_aware, frontend_for
     from eat.train.trainer import TrainConfig, Trainer
 
-    cfg = dataclasses.replace(eat_config(preset), **(overrides or {}))
+    cfg = accumulation_aware(dataclasses.replace(eat_config(preset), **(overrides or {})), grad_accum)
     frontend = frontend_for(DataConfig(), cfg)
     device = torch.device("cuda", 0)
     seen: dict[str, str] = {}
@@ -278,7 +283,8 @@ def pretrain_step(preset: str = "tiny", batch_size: int = 2, fbank_on_device: bo
             prepare = prep
         env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
         train = TrainConfig(out_dir=tmp, max_steps=10, device="cuda", precision="bf16", resume="none",
-                            tensorboard=False, check_weights=False, log_every=10**6, save_every=0)
+                            tensorboard=False, check_weights=False, log_every=10**6, save_every=0,
+                            grad_accum=grad_accum)
         optim = OptimConfig()
         trainer = Trainer(model, _NoData(), train, optim, env,
                           lambda m: param_groups(m, optim.weight_decay, optim.decay_all, model.no_weight_decay()),
@@ -291,7 +297,7 @@ def pretrain_step(preset: str = "tiny", batch_size: int = 2, fbank_on_device: bo
             batch["source"] = torch.empty(batch_size, frontend.target_length, frontend.num_mel_bins)
         if not device_mask:  # the loader's masks: made on the host by the workers
             batch["mask"] = torch.empty(batch_size * cfg.clone_batch, grid[0] * grid[1], dtype=torch.bool)
-        values = trainer.train_step(batch)
+        values = trainer.train_step(*[batch] * grad_accum)
         fused = "fused" if trainer.optimizer.defaults.get("fused") else "not fused"
         out = summary(values)
     return PretrainDryRun(out, seen.get("linear", "?").removeprefix("torch."), len(grads), fused)
