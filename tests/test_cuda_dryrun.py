@@ -14,7 +14,7 @@ from eat.model import vit
 from eat.model.decoder import CNNDecoder
 from eat.model.eat import EATModel
 from eat.utils import dryrun
-from eat.utils.dryrun import HEADS, extraction_step, finetune_step, pretrain_backward, pretrain_step
+from eat.utils.dryrun import HEADS, RECIPES, extraction_step, finetune_step, pretrain_backward, pretrain_step
 
 fbank_module = importlib.import_module("eat.audio.fbank")  # eat.audio.fbank is also a function's name
 BF16 = "bfloat16"
@@ -58,6 +58,11 @@ def test_finetune_step_every_head(head):
     r = finetune_step(head)  # waveform + spectrogram mixup, SpecAugment, patchout, fbank on the device
     _on_gpu(r.outputs)
     assert r.linear_dtype == BF16 and r.grads > 0
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "eat"])
+def test_finetune_step_other_recipes(recipe):
+    _on_gpu(finetune_step("cls_dist" if recipe == "passt" else "cls", recipe=recipe).outputs)
 
 
 def test_finetune_step_multilabel():

@@ -358,13 +358,21 @@ class FinetuneDryRun:
     grads: int
 
 
+RECIPES = ("eat", "passt", "spc2", "plain")
+
+
 def finetune_step(head: str = "cls", batch_size: int = 4, num_classes: int = 5, multi_label: bool = False,
-                  patchout: bool = True) -> FinetuneDryRun:
+                  patchout: bool = True, recipe: str = "eat") -> FinetuneDryRun:
     """One fine-tuning :meth:`~eat.train.trainer.Trainer.train_step` on fake CUDA with EAT's training recipe on
     the device: waveforms -> waveform mixup -> the batched fbank -> spectrogram mixup (not with ``pooled``, which
     refuses it) -> SpecAugment -> the classifier (tiny encoder, ``head``, patchout) -> the loss, then gradients,
     fused AdamW with layer-wise LR decay. The batch has no ``index``: the augmentation seed is a host decision
-    made from the loader's host indices (:func:`eat.train.finetune.batch_seed_of`), outside the step."""
+    made from the loader's host indices (:func:`eat.train.finetune.batch_seed_of`), outside the step.
+
+    ``recipe``: ``eat`` (waveform mixup Beta(10, 10) p 0.5 + spectrogram mixup Beta(0.8, 0.8) p 0.8 per batch,
+    SpecAugment); ``passt`` (per-example, dominant mixup at both levels, per-example patchout); ``spc2`` (BCE on
+    one-hot targets, SpecAugment, the SPC-2 noise and roll); ``plain`` (no augmentation, hard labels,
+    cross-entropy with label smoothing)."""
     from eat.audio.augment import AugmentConfig
     from eat.audio.fbank import FrontendConfig
     from eat.data.datasets import wave_length
@@ -375,10 +383,10 @@ def finetune_step(head: str = "cls", batch_size: int = 4, num_classes: int = 5, 
     from eat.train.optim import OptimConfig
     from eat.train.trainer import TrainConfig, Trainer
 
-    if head not in HEADS:
-        raise ValueError(f"head: one of {', '.join(HEADS)}")
-    cut = PatchoutConfig(s_t=3, s_f=0 if head == "pooled" else 1, u=0 if head == "pooled" else 5) if patchout \
-        else PatchoutConfig()
+    if head not in HEADS or recipe not in RECIPES:
+        raise ValueError(f"head: one of {', '.join(HEADS)}; recipe: one of {', '.join(RECIPES)}")
+    cut = PatchoutConfig(s_t=3, s_f=0 if head == "pooled" else 1, u=0 if head == "pooled" else 5,
+                         per_example=recipe == "passt") if patchout else PatchoutConfig()
     extra = {"pooled": dict(layers="all", pooling="band-meanstd")}.get(head, {})
     cfg = classifier_config("tiny", num_classes, 256, patchout=cut, **extra)
     encoder = cfg.encoder
@@ -387,15 +395,22 @@ def finetune_step(head: str = "cls", batch_size: int = 4, num_classes: int = 5, 
                                       max_time_patches=24, layer_norm_first=True, pre_norm=False, final_norm=True)
     cfg = dataclasses.replace(cfg, encoder=encoder, prediction_mode=head)
     frontend = FrontendConfig(target_length=256)
-    aug = AugmentConfig(wave_mixup_prob=0.5, wave_mixup_alpha=10.0, spec_mixup_prob=0.0 if head == "pooled" else 0.8,
-                        spec_mixup_alpha=0.8, freq_mask=25.0, time_mask=50.0)
+    spec_mixup = 0.0 if head == "pooled" else 0.8  # the pooled head refuses spectrogram mixup
+    aug = {"eat": AugmentConfig(wave_mixup_prob=0.5, wave_mixup_alpha=10.0, spec_mixup_prob=spec_mixup,
+                                spec_mixup_alpha=0.8, freq_mask=25.0, time_mask=50.0),
+           "passt": AugmentConfig(wave_mixup_prob=1.0, wave_mixup_alpha=2.0, spec_mixup_prob=spec_mixup,
+                                  spec_mixup_alpha=0.3, mixup_per_example=True, mixup_dominant=True),
+           "spc2": AugmentConfig(freq_mask=25.0, time_mask=20.0, spc2_noise=True),
+           "plain": AugmentConfig()}[recipe]
+    loss = LossSection(kind="bce") if recipe == "spc2" else LossSection(label_smoothing=0.1 if recipe == "plain" else 0.0)
+    soft = multi_label or recipe != "plain"
     device = torch.device("cuda", 0)
     seen: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="eat-dryrun-") as tmp, fake_cuda(), fake_backward() as grads:
         classifier = build_fake(lambda: Classifier(cfg), device)
         classifier.encoder.blocks[0].mlp.fc1.register_forward_hook(lambda m, a, out: seen.update(linear=str(out.dtype)))
-        model = FinetuneModel(classifier, aug, LossSection(), multi_label, seed=1)
-        prep = BatchPrep(frontend, aug, num_classes, soft_targets=True, seed=1,
+        model = FinetuneModel(classifier, aug, loss, multi_label, seed=1)
+        prep = BatchPrep(frontend, aug, num_classes, soft_targets=soft, seed=1,
                          classifier=classifier if head == "pooled" else None)
         env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
         train = TrainConfig(out_dir=tmp, max_steps=10, device="cuda", precision="bf16", resume="none",
