@@ -49,7 +49,7 @@ else
   COMPILE=true
   SUITE_ARGS=(-q -m "not slow")
   BENCH_PRE=(--preset base --batch 12 --clones 16 --compile --sdpa-backend flash --fbank-on-device --steps 20)
-  BENCH_FT=(--preset eat_base --batch 48 --compile)
+  BENCH_FT=(--preset eat_base --batch 48 --steps 10 --warmup 3)  # eager: compiling three models would not fit
   PREDICT=(--preset base --batch 12); PREDICT_SPEED=()
   LIMIT_SUITE=180; LIMIT_RUN=360; LIMIT_BENCH=330; WORKERS=6
 fi
