@@ -3,8 +3,9 @@ the eager run, checkpoint and resume, and a compiled run's checkpoint loads and 
 
 Tolerance: bf16 autocast rounds every product's inputs to 8 bits of mantissa (relative step 2^-8 = 0.4 %); inductor
 fuses and reorders the element-wise work around them, so losses of the compiled and the eager step differ by
-rounding only: we require ``rtol = 2e-2`` (measured differences are printed by the assertion on failure). The model
-is a 1-block, 64-frame EAT (compiling is the slow part on 2 cores: each block shape compiles once per run).
+rounding only. Measured over 4 steps (outputs of ``tests/test_compile_bf16.py``'s helpers, torch 2.11 CPU): largest
+relative difference 7.9e-4 (pretraining), 4.9e-4 (fine-tuning); we require ``rtol = 5e-3``. The model is a 1-block,
+64-frame EAT (compiling is the slow part: ~60 s on one core for the pretraining step's graphs, cached afterwards).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from eat.train.trainer import TrainConfig, Trainer
 from eat.utils.bench import RepeatBatch
 
 pytestmark = pytest.mark.slow  # inductor compiles on CPU: ~1 min per test on an idle 2-core machine
-RTOL = 2e-2
+RTOL = 5e-3
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 FRAMES = 64
 
@@ -90,6 +91,8 @@ def test_compiled_bf16_matches_eager_and_resumes_uncompiled(tmp_path, build):
     saved = compiled.save()  # a compiled run's checkpoint ...
     rest = _losses(compiled, 2)
     assert all(torch.isfinite(torch.tensor(first + rest)))
+    print(f"largest relative difference compiled vs eager: "  # shown with pytest -s
+          f"{max(abs(a - b) / abs(b) for a, b in zip(first + rest, eager, strict=True)):.2e}")
     torch.testing.assert_close(torch.tensor(first + rest), torch.tensor(eager), rtol=RTOL, atol=0.0)
 
     names = set(compiled.module.state_dict())
