@@ -243,11 +243,36 @@ def _mel_blocks(
     dense = mel_banks(num_mel_bins, n_fft, sample_rate, low_freq, high_freq, device).repeat_interleave(2, dim=0)
     groups = []
     for b0 in range(0, num_mel_bins, _MEL_GROUP):
-        cols = dense[:, b0 : b0 + _MEL_GROUP]
-        used = cols.ne(0).any(dim=1).nonzero().flatten().tolist()
-        k0, k1 = (used[0], used[-1] + 1) if used else (0, 0)
-        groups.append((k0, k1, cols[k0:k1].contiguous()))
+        b1 = min(b0 + _MEL_GROUP, num_mel_bins)
+        k0, k1 = _mel_rows(num_mel_bins, n_fft, sample_rate, low_freq, high_freq, b0, b1)
+        groups.append((2 * k0, 2 * k1, dense[2 * k0 : 2 * k1, b0:b1].contiguous()))
     return tuple(groups)
+
+
+def _mel_rows(num_mel_bins: int, n_fft: int, sample_rate: float, low_freq: float, high_freq: float,
+              b0: int, b1: int) -> tuple[int, int]:
+    """FFT bins ``[k0, k1)`` that can feed filters ``b0 .. b1 - 1``: those whose mel lies between the left
+    edge of filter ``b0`` and the right edge of filter ``b1 - 1``, widened by one bin on each side (the
+    float32 filters are zero outside; the margin covers rounding at the edges).
+
+    Plain Python arithmetic on the settings, not a look at the matrix: reading a device tensor's values
+    (``nonzero``) would make the first fbank call of a run wait for the GPU."""
+    nyquist = 0.5 * sample_rate
+    high = high_freq if high_freq > 0 else nyquist + high_freq
+    mel_lo, mel_hi = mel_scale(low_freq), mel_scale(high)
+    step = (mel_hi - mel_lo) / (num_mel_bins + 1)
+    left, right = mel_lo + b0 * step, mel_lo + (b1 + 1) * step
+    bins = [k for k in range(n_fft // 2) if left < mel_scale(k * sample_rate / n_fft) < right]
+    if not bins:
+        return 0, 0
+    return max(0, bins[0] - 1), min(n_fft // 2, bins[-1] + 2)
+
+
+def clear_caches() -> None:
+    """Forget the cached windows and mel matrices (they are kept per device). ``eat.apps.gpu_dryrun`` calls this
+    around its fake-tensor region, whose tensors must not outlive it in a cache."""
+    for cached in (mel_banks, frame_window, _mel_blocks):
+        cached.cache_clear()
 
 
 def pad_or_crop(

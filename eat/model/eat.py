@@ -196,7 +196,8 @@ class EATModel(nn.Module):
         return y
 
     # ---------------------------------------------------------------- training forward
-    def forward(self, source: Tensor, mask: Tensor | None = None, noise: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, source: Tensor, mask: Tensor | None = None, noise: Tensor | None = None,
+                num_visible: int | None = None) -> dict[str, Tensor]:
         """One pretraining forward.
 
         ``source`` (B, T, F) or (B, 1, T, F); ``mask`` (B*C, N) bool, True = masked, rows ``b*C + c``
@@ -204,9 +205,11 @@ class EATModel(nn.Module):
         Gaussian noise at the masked positions, in row-major order of the mask (tests use it).
 
         Returns fp32 tensors: ``loss``, ``frame_loss``, ``utterance_loss``, ``sample_size`` (masked tokens),
-        ``pred_var`` and ``target_var`` (logging). No host synchronisation: the visible count V is read
-        from a CPU ``mask`` on the host, or taken from the config (:func:`visible_count`) for a mask on
-        the device, whose rows are then checked by an asynchronous device assert.
+        ``pred_var`` and ``target_var`` (logging). No host synchronisation: the visible count V is
+        ``num_visible`` when given; else, for a model on an accelerator, the config's
+        (:func:`visible_count`: the loader's masks are made with the same settings), and the rows are
+        checked by an asynchronous device assert; only on CPU is it read from the mask (free there). So
+        nothing in the step reads a tensor's values on the host (``eat.apps.gpu_dryrun`` checks this).
         """
         cfg = self.cfg
         batch, num_frames = source.shape[0], source.shape[-2]
@@ -220,12 +223,14 @@ class EATModel(nn.Module):
                 f"mask {tuple(mask.shape)} does not fit {batch} clips of {num_frames} frames "
                 f"(needs (B*clones, {grid[0] * grid[1]}))"
             )
-        # V fixes every shape of the step. A host mask (the loader's, pinned) is counted on the host for
-        # free and copied asynchronously; a device mask gets V from the config, so nothing waits on the GPU.
-        if mask.device.type == "cpu":
-            num_visible = int((~mask[0]).sum())
-        else:
-            num_visible = visible_count(num_patches, cfg.mask_ratio)
+        # V fixes every shape of the step. On an accelerator it comes from the config, also for the
+        # loader's (pinned) host mask, which is copied asynchronously: nothing reads tensor values on the
+        # host, so nothing waits on the GPU. On CPU the mask is counted (free; exact check in mask_to_ids).
+        if num_visible is None:
+            if mask.device.type == "cpu" and device.type == "cpu":
+                num_visible = int((~mask[0]).sum())
+            else:
+                num_visible = visible_count(num_patches, cfg.mask_ratio)
         keep_ids, masked_ids = mask_to_ids(mask.to(device, non_blocking=True), num_visible)
         clones = rows // batch
         dim = cfg.encoder.embed_dim

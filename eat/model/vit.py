@@ -276,9 +276,13 @@ class Encoder(nn.Module):
                 f"input has {time_patches} time patches but the {self.cfg.pos_embed} positional table covers "
                 f"only {table_len}; crop the input or build the encoder with a longer table"
             )
-        if time_offset is None:
-            random_window = self.cfg.pos_embed == "learned_separate" and self.training
-            time_offset = int(torch.randint(0, table_len - time_patches + 1, ())) if random_window else 0
+        if time_offset is None and self.cfg.pos_embed == "learned_separate" and self.training:
+            # the window start is drawn and used on the table's device: no value is read on the host
+            start = torch.randint(0, table_len - time_patches + 1, (), device=self.time_pos.device)
+            rows = start + torch.arange(time_patches, device=self.time_pos.device)
+            time = self.time_pos.index_select(1, rows)[:, :, None, :]
+            return (time + self.freq_pos[:, None, :, :]).flatten(1, 2)
+        time_offset = 0 if time_offset is None else time_offset
         if not 0 <= time_offset <= table_len - time_patches:
             raise ValueError(f"time_offset {time_offset} + {time_patches} patches exceeds the table ({table_len})")
         if self.cfg.pos_embed == "learned_separate":

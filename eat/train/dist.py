@@ -150,7 +150,8 @@ def wrap_model(model: nn.Module, env: DistEnv, strategy: Strategy = "ddp") -> nn
 
     Alone (world size 1) the model is returned unwrapped.
     """
-    model = model.to(env.device)
+    if any(t.device != env.device for t in (*model.parameters(), *model.buffers())):
+        model = model.to(env.device)  # (only when needed: a model built on the device, or of fake tensors, stays)
     if not env.distributed:
         return model
     if strategy == "ddp":

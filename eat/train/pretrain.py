@@ -324,8 +324,9 @@ def build_loader(cfg: PretrainConfig, model_cfg: EATConfig, model: EATModel,
 class PretrainBatchPrep:
     """The trainer's ``prepare`` for pretraining: batch -> (model kwargs, counts).
 
-    The input goes through :func:`eat.data.batch.model_input`; the mask stays on the host, where the
-    model reads its visible count without a device sync, and is copied by the model asynchronously.
+    The input goes through :func:`eat.data.batch.model_input`; the mask stays on the host and is copied
+    by the model asynchronously (on a GPU the model takes its visible count from the config, so nothing
+    in the step reads a tensor on the host).
     """
 
     def __init__(self, frontend: FrontendConfig):
