@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from eat.apps.bench_common import RepeatBatch
 from eat.audio.augment import AugmentConfig
 from eat.audio.fbank import FrontendConfig
 from eat.model.classifier import Classifier, PatchoutConfig, classifier_config
@@ -27,7 +28,6 @@ from eat.train.layer_decay import finetune_param_groups
 from eat.train.optim import OptimConfig, param_groups
 from eat.train.pretrain import PretrainBatchPrep
 from eat.train.trainer import TrainConfig, Trainer
-from eat.utils.bench import RepeatBatch
 
 pytestmark = pytest.mark.slow  # inductor compiles on CPU: ~1 min per test on an idle 2-core machine
 RTOL = 5e-3

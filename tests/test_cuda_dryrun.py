@@ -9,12 +9,19 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException
 
+from eat.apps import gpu_dryrun as dryrun
+from eat.apps.gpu_dryrun import (
+    HEADS,
+    RECIPES,
+    extraction_step,
+    finetune_step,
+    pretrain_backward,
+    pretrain_step,
+)
 from eat.audio.fbank import FrontendConfig, waveform_to_input
 from eat.model import vit
 from eat.model.decoder import CNNDecoder
 from eat.model.eat import EATModel
-from eat.utils import dryrun
-from eat.apps.gpu_dryrun import HEADS, RECIPES, extraction_step, finetune_step, pretrain_backward, pretrain_step
 
 fbank_module = importlib.import_module("eat.audio.fbank")  # eat.audio.fbank is also a function's name
 BF16 = "bfloat16"

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from eat.model.eat import eat_config
-from eat.train.flops import pretrain_flops_per_clip
 from eat.apps.gpu_dryrun import fake_cuda
 from eat.apps.gpu_memory import LiveBytes, StepMemory, largest_batch, measure_pretrain_step, predict
 from eat.apps.gpu_roofline import GPU, Op, OpRecorder, StepOps, record_pretrain_step
 from eat.apps.gpu_roofline import predict as roofline
+from eat.model.eat import eat_config
+from eat.train.flops import pretrain_flops_per_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 

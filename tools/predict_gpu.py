@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eat.cli import cli_main
-from eat.model.eat import eat_config
 from eat.apps.gpu_memory import GIB, largest_batch, measure_pretrain_step, predict
 from eat.apps.gpu_roofline import GPUS, calibrate, record_pretrain_step
 from eat.apps.gpu_roofline import predict as roofline
+from eat.cli import cli_main
+from eat.model.eat import eat_config
 
 STRATEGIES = ("ddp", "fsdp")
 

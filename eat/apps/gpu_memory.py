@@ -36,9 +36,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from eat.apps.gpu_dryrun import build_fake, fake_cuda
 from eat.model.eat import EATConfig, EATModel
 from eat.model.masking import visible_count
-from eat.apps.gpu_dryrun import build_fake, fake_cuda
 
 GIB = 2**30
 

@@ -32,11 +32,11 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
+from eat.apps.gpu_dryrun import build_fake, fake_cuda
+from eat.apps.gpu_memory import _ids_unchecked, _layer_norm_as_on_cuda
 from eat.model.eat import EATConfig, EATModel
 from eat.model.masking import visible_count
 from eat.train.flops import pretrain_flops_per_clip
-from eat.apps.gpu_dryrun import build_fake, fake_cuda
-from eat.apps.gpu_memory import _ids_unchecked, _layer_norm_as_on_cuda
 
 _aten = torch.ops.aten
 _FREE = {_aten.empty, _aten.empty_like, _aten.empty_strided, _aten.detach, _aten.lift_fresh, _aten.alias,
