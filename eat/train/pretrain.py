@@ -405,9 +405,10 @@ def run(cfg: PretrainConfig) -> int:
         n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("teacher."))
         init = init_path(cfg.model)
         start = f", from {init} (EMA {model_cfg.ema_decay} -> {model_cfg.ema_end_decay})" if init else ""
+        mix = " (+ each clip's mixture with its neighbour, SSLAM stage 2)" if model_cfg.mix else ""
         trainer.logger.console(f"EAT {cfg.model.get('preset', 'base')}: {n_params / 1e6:.2f} M student+decoder "
                                f"params{start}, {len(loader)} batches/epoch/rank of {cfg.data.batch_size} clips "
-                               f"x {model_cfg.clone_batch} clones, out_dir {trainer.run_dir}")
+                               f"x {model_cfg.clone_batch} clones{mix}, out_dir {trainer.run_dir}")
         result = trainer.fit()
         shutdown(synchronize=True)
     finally:
