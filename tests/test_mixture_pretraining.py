@@ -235,8 +235,6 @@ def test_the_stage2_recipes_resolve_to_the_official_settings(tmp_path):
     small = pretrain.resolve_model(_cfg(STAGE2_CPU, tmp_path).model)
     small_cpu = pretrain.resolve_model(_cfg(ROOT / "recipes" / "configs" / "small_cpu.yaml", tmp_path).model)
     assert small.encoder == small_cpu.encoder and small.mix and small.clone_batch * 2 == small_cpu.clone_batch
-    with pytest.raises(ConfigError, match="data.batch_size"):
-        pretrain.check_config(_cfg(STAGE2_CPU, tmp_path, "data.batch_size=1", f"data.train_manifest={STAGE2}"))
 
 
 def test_stage2_from_the_official_fixture_starts_from_its_weights_and_teacher(tmp_path):
@@ -306,3 +304,14 @@ def test_sslam_checkpoints_load_wherever_official_eat_checkpoints_load(kind, tmp
     export_official(path, export)  # what tools/convert_official.py runs
     extractor = eat.load_encoder(export)
     assert torch.equal(extractor.encoder.state_dict()["blocks.2.mlp.fc2.weight"], ref.encoder["blocks.2.mlp.fc2.weight"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=1", "data.batch_size: mixture pretraining"),
+    ("model.encoder.target_length=32", "model.mix_clean_fraction: 2 time patches are too few"),
+    ("model.mix_clean_fraction=0.6", "model.mix_clean_fraction: the clean-window fraction must lie in"),
+    ("model.utterance_top_k_layers=9", "utterance_top_k_layers must be in"),
+])
+def test_mixture_settings_no_run_can_use_are_one_line_errors(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        pretrain.check_config(_cfg(STAGE2_CPU, tmp_path, f"data.train_manifest={STAGE2}", override))

@@ -112,7 +112,7 @@ class EATConfig:
             try:
                 clean_rows(self.encoder.target_length // self.encoder.patch_stride[0], self.mix_clean_fraction)
             except ValueError as e:
-                raise ConfigError(str(e)) from None
+                raise ConfigError(f"model.mix_clean_fraction: {e}") from None
 
 
 PRESETS: dict[str, EATConfig] = {

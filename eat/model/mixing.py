@@ -29,11 +29,11 @@ def clean_rows(time_patches: int, fraction: float) -> int:
     Needs ``time_patches >= 2 * clean + 1`` (both windows and at least one mixed row); ValueError otherwise.
     """
     if not 0.0 < fraction < 0.5:
-        raise ValueError(f"mix_clean_fraction must lie in (0, 0.5), got {fraction}")
+        raise ValueError(f"the clean-window fraction must lie in (0, 0.5), got {fraction}")
     clean = max(1, round(fraction * time_patches))
     if time_patches < 2 * clean + 1:
         raise ValueError(f"{time_patches} time patches are too few for two clean windows of {clean} rows "
-                         "and a mixed one (lower model.mix_clean_fraction or use longer clips)")
+                         "and a mixed one (lower the fraction or use longer clips)")
     return clean
 
 
