@@ -315,3 +315,17 @@ def test_sslam_checkpoints_load_wherever_official_eat_checkpoints_load(kind, tmp
 def test_mixture_settings_no_run_can_use_are_one_line_errors(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         pretrain.check_config(_cfg(STAGE2_CPU, tmp_path, f"data.train_manifest={STAGE2}", override))
+
+
+def test_flops_count_the_mixtures_and_the_partners_teacher_pass():
+    """Clips + mixtures at C/2 clones cost the student and decoder of plain EAT at C clones; the teacher
+    runs twice on whole inputs plus once on the partner's mixed tokens (34 of 64 rows at 10.24 s)."""
+    from eat.train.flops import blocks_forward, patch_embed_forward, pretrain_flops
+
+    base = eat_config("base")
+    mix = dataclasses.replace(base, mix=True, clone_batch=8)
+    plain, mixed = pretrain_flops(base), pretrain_flops(mix)
+    assert mixed["student"] == pytest.approx(plain["student"] + 2 * patch_embed_forward(base.encoder, 512))
+    assert mixed["decoder"] == pytest.approx(plain["decoder"])
+    partial = patch_embed_forward(base.encoder, 512) + blocks_forward(base.encoder, 34 * 8 + 1)
+    assert mixed["teacher"] == pytest.approx(2 * plain["teacher"] + partial)
