@@ -329,3 +329,25 @@ def test_flops_count_the_mixtures_and_the_partners_teacher_pass():
     assert mixed["decoder"] == pytest.approx(plain["decoder"])
     partial = patch_embed_forward(base.encoder, 512) + blocks_forward(base.encoder, 34 * 8 + 1)
     assert mixed["teacher"] == pytest.approx(2 * plain["teacher"] + partial)
+
+
+def test_stage2_recipe_on_a_folder_of_audio_from_an_official_checkpoint(tmp_path):
+    """What ``make pretrain CONFIG=recipes/configs/sslam_stage2_small_cpu.yaml DATA=... INIT=...`` runs, in one
+    process: prepare the folder, continue the official weights with mixtures, log the retention loss."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    official = tmp_path / "eat_tiny_pt.pt"
+    torch.save(official_checkpoint("pretrain"), official)
+    audio = make_unlabelled_corpus(tmp_path / "corpus", num_clips=6, duration=2.0, seed=3).parent
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "recipes" / "pretrain_as2m.py"), "--config", str(STAGE2_CPU), "--data-dir",
+           str(audio), f"model.init={official}", *FIXTURE_ARCH, f"train.out_dir={out}", "train.max_steps=2",
+           "train.log_every=1", "data.num_workers=0", "data.batch_size=3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "mixture with its neighbour" in proc.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "retention_loss" in r] == [1, 2]
