@@ -22,8 +22,13 @@ from eat.data.synthetic import make_unlabelled_corpus
 from eat.export import export_official
 from eat.model.convert import convert_checkpoint, encoder_key_map
 from eat.model.eat import EATModel, eat_config
-from eat.model.mixing import OFFICIAL_CLEAN_FRACTION, clean_rows, draw_mix_rows, mix_spectrograms
-from eat.model.mixing import retention_loss
+from eat.model.mixing import (
+    OFFICIAL_CLEAN_FRACTION,
+    clean_rows,
+    draw_mix_rows,
+    mix_spectrograms,
+    retention_loss,
+)
 from eat.train import pretrain
 from eat.train.dist import DistEnv
 from eat.train.optim import param_groups

@@ -49,8 +49,15 @@ from torch import Tensor, nn
 from eat.config import ConfigError, from_dict
 from eat.model.decoder import CNNDecoder
 from eat.model.masking import inverse_block_mask, mask_to_ids, visible_count
-from eat.model.mixing import OFFICIAL_CLEAN_FRACTION, clean_rows, draw_mix_rows, mix_spectrograms, mixed_tokens
-from eat.model.mixing import partner, retention_loss
+from eat.model.mixing import (
+    OFFICIAL_CLEAN_FRACTION,
+    clean_rows,
+    draw_mix_rows,
+    mix_spectrograms,
+    mixed_tokens,
+    partner,
+    retention_loss,
+)
 from eat.model.vit import Encoder, EncoderConfig
 
 
