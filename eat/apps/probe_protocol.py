@@ -11,11 +11,14 @@ Sources: every ``--encoder [NAME=]DIR`` (an export of ``tools/export_encoder.py`
 encoder's front-end; labelled "initial weights"), and the pooled log-mel baseline (``--no-logmel`` drops
 it). Layer specs: ``-1`` last block, ``0`` first, ``0+2`` concatenation, ``all`` every block. Poolings:
 ``mean`` / ``meanstd`` of the patch tokens, ``band-mean`` / ``band-meanstd`` (the same within each
-frequency band, bands concatenated), ``cls``. Prints one markdown table per task (test accuracy; the
-probe's weight decay is chosen on 20 % of the training clips, see ``eat.eval.probe``) and, per source, the
+frequency band, bands concatenated), ``cls``. Prints one markdown table per task (test accuracy; mAP for
+poly-TASK; the probe's weight decay is chosen on 20 % of the training clips, see ``eat.eval.probe``) and, per source, the
 cell with the best validation score (marked ``*``): the number to report, chosen without the test split.
-Unreadable clips are skipped and counted. ``--summarize a.json b.json c.json`` turns the JSON files of
-several seeds into one table: each source's validation-chosen cell, mean ± std over the seeds.
+Unreadable clips are skipped and counted. ``--polyphonic`` adds, per task, ``poly-TASK``: multi-label
+tagging (mAP) of mixtures of 2-3 clips of different classes, training mixtures from the training clips and
+test mixtures from the test clips (``eat.eval.polyphonic``; as many mixtures as clips).
+``--summarize a.json b.json c.json`` turns the JSON files of several seeds into one table: each source's
+validation-chosen cell, mean ± std over the seeds.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from eat.audio.fbank import FrontendConfig
 from eat.audio.io import AudioError
 from eat.config import load_config
 from eat.data.manifest import ManifestError, read_path_label_csv
+from eat.eval.polyphonic import POLY_PREFIX, make_mixtures
 from eat.eval.probe import DEFAULT_WEIGHT_DECAYS
 from eat.eval.protocol import (
     CONTROL,
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="clips per encoder batch (default 32)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--seed", type=int, default=0, help="validation split seed")
+    ap.add_argument("--polyphonic", action="store_true",
+                    help="also probe poly-TASK: multi-label mixtures of 2-3 clips of each task (mAP)")
     ap.add_argument("--json", type=Path, help="also write every result to this file")
     ap.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
                     help="no probing: summarise --json files of several seeds (one pretrained encoder each): the "
@@ -151,21 +157,31 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             tw, ty, names, t_skip = load_split(train_csv, frontend.sample_rate, None)
             vw, vy, _, v_skip = load_split(test_csv, frontend.sample_rate, names)
-            rows = []
-            for name, ex in sources.items():
-                pools = [p for p in poolings if p != "cls" or ex.encoder.cfg.num_extra_tokens > 0]
-                rows += evaluate(encoder_embeddings(ex, tw, layer_specs, pools, args.batch_size), ty,
-                                 encoder_embeddings(ex, vw, layer_specs, pools, args.batch_size), vy, name, **probe_kwargs)
-            if not args.no_logmel:
-                rows += evaluate(logmel_embeddings(tw, frontend, poolings), ty, logmel_embeddings(vw, frontend, poolings),
-                                 vy, LOGMEL, **probe_kwargs)
-            title = (f"{task}: {len(names)} classes, {len(ty)} train / {len(vy)} test clips"
-                     + (f", {t_skip + v_skip} skipped" if t_skip + v_skip else ""))
-            print(format_table(rows, poolings, title) + "\n", flush=True)
-            print(f"({time.perf_counter() - t0:.0f} s)\n", file=sys.stderr, flush=True)
-            results[task] = {"classes": names, "train": len(ty), "test": len(vy), "skipped": t_skip + v_skip,
-                             "rows": [dataclasses.asdict(r) for r in rows],
-                             "selected": {src: dataclasses.asdict(r) for src, r in select_on_validation(rows).items()}}
+            variants = [(task, "multiclass", tw, ty, vw, vy)]
+            if args.polyphonic:  # mixtures of the same splits' clips: test sources stay out of training
+                mtw, mty = make_mixtures(tw, ty, len(names), len(tw), seed=args.seed)
+                mvw, mvy = make_mixtures(vw, vy, len(names), len(vw), seed=args.seed + 1)
+                variants.append((POLY_PREFIX + task, "multilabel", mtw, mty, mvw, mvy))
+            for name_t, kind, a_w, a_y, b_w, b_y in variants:
+                rows = []
+                for name, ex in sources.items():
+                    pools = [p for p in poolings if p != "cls" or ex.encoder.cfg.num_extra_tokens > 0]
+                    rows += evaluate(encoder_embeddings(ex, a_w, layer_specs, pools, args.batch_size), a_y,
+                                     encoder_embeddings(ex, b_w, layer_specs, pools, args.batch_size), b_y, name,
+                                     kind, **probe_kwargs)
+                if not args.no_logmel:
+                    rows += evaluate(logmel_embeddings(a_w, frontend, poolings), a_y,
+                                     logmel_embeddings(b_w, frontend, poolings), b_y, LOGMEL, kind, **probe_kwargs)
+                what = "mixtures of 2-3 clips, test mAP" if kind == "multilabel" else "clips, test accuracy"
+                title = (f"{name_t}: {len(names)} classes, {len(a_y)} train / {len(b_y)} test {what}"
+                         + (f", {t_skip + v_skip} skipped" if t_skip + v_skip else ""))
+                print(format_table(rows, poolings, title) + "\n", flush=True)
+                print(f"({time.perf_counter() - t0:.0f} s)\n", file=sys.stderr, flush=True)
+                results[name_t] = {"classes": names, "train": len(a_y), "test": len(b_y), "skipped": t_skip + v_skip,
+                                   "metric": "mAP" if kind == "multilabel" else "accuracy",
+                                   "rows": [dataclasses.asdict(r) for r in rows],
+                                   "selected": {src: dataclasses.asdict(r)
+                                                for src, r in select_on_validation(rows).items()}}
     except (ExportError, ManifestError, ValueError) as e:
         sys.exit(f"error: {e}")
     if args.json is not None:

@@ -36,7 +36,8 @@ class Batch(TypedDict, total=False):
       ``source``  (B, T, F) float, normalised fbank of ``target_length`` frames (workers ran the front-end);
       ``wave``    (B, S) float, waveforms cropped/zero-padded to ``wave_length(frontend)`` samples, with
       ``length``  (B,) int64, the valid samples of each row (the rest is padding).
-    Pretraining: ``mask`` (B * clones, N) bool, True = masked, rows ``b * clones + c``.
+    Pretraining: ``mask`` (B * clones, N) bool, True = masked, rows ``b * clones + c``; with mixture
+    pretraining also ``mix_rows`` (B, T') bool, the patch rows where mixture ``b`` carries clip ``b - 1``.
     Fine-tuning: ``target`` (B,) int64 class indices or (B, num_classes) float multi-hot.
     Position: ``index`` (B,) int64 dataset indices; ``epoch`` (B,) int64 (labelled datasets) - they seed
     batch-level augmentation so a resumed run repeats an unbroken one.
@@ -49,6 +50,7 @@ class Batch(TypedDict, total=False):
     wave: Tensor
     length: Tensor
     mask: Tensor
+    mix_rows: Tensor
     target: Tensor
     index: Tensor
     epoch: Tensor

@@ -28,6 +28,7 @@ from eat.audio.fbank import FrontendConfig, num_frames, waveform_to_input
 from eat.audio.io import AudioError, load_audio, remove_dc
 from eat.data.manifest import LabelledItem, LabelSet, Manifest, read_manifest
 from eat.model.masking import inverse_block_mask
+from eat.model.mixing import draw_mix_rows
 
 WaveTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -52,6 +53,9 @@ class MaskConfig:
     block: int = 5
     adjust: float = 0.07
     grid: tuple[int, int] | None = None
+    # > 0: mixture pretraining (SSLAM stage 2); every item also holds ``mix_rows`` (T',) bool, the patch rows
+    # where its mixture carries the partner clip, with two clean windows of this many rows (eat.model.mixing)
+    mix_clean_rows: int = 0
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -120,7 +124,8 @@ class PretrainDataset(Dataset):
     ``source`` is the normalised fbank ``[target_length, num_mel_bins]``. With ``return_waveform=True``
     the item holds instead ``wave`` (``wave_length(frontend)`` samples, cropped/padded in the waveform
     domain) and ``length`` (valid samples), so the trainer can run the front-end on the GPU. With a
-    ``mask_cfg`` the item also holds ``mask`` ``[clones, T'*F']`` (bool, True = masked).
+    ``mask_cfg`` the item also holds ``mask`` ``[clones, T'*F']`` (bool, True = masked), and with its
+    ``mix_clean_rows`` also ``mix_rows`` ``[T']`` (bool, the rows of its mixture that carry the partner).
     """
 
     def __init__(
@@ -163,6 +168,8 @@ class PretrainDataset(Dataset):
         if self.mask_cfg is not None:
             m = self.mask_cfg
             item["mask"] = inverse_block_mask(m.clones, self.grid, m.mask_ratio, m.block, m.adjust, generator=g)
+            if m.mix_clean_rows:  # drawn after the masks, which thus stay those of a plain run
+                item["mix_rows"] = draw_mix_rows(self.grid[0], m.mix_clean_rows, g)
         return item
 
 

@@ -108,21 +108,22 @@ def select_on_validation(rows: Sequence[Row]) -> dict[str, Row]:
 
 def evaluate(
     train: dict[tuple[str, str], Tensor], train_y: Tensor, test: dict[tuple[str, str], Tensor], test_y: Tensor,
-    source: str, **probe_kwargs,
+    source: str, task: str = "multiclass", **probe_kwargs,
 ) -> list[Row]:
-    """Probe every ``(layer spec, pooling)`` embedding of one source (same keys in ``train`` and ``test``)."""
+    """Probe every ``(layer spec, pooling)`` embedding of one source (same keys in ``train`` and ``test``);
+    ``task="multilabel"`` (``(N, C)`` multi-hot labels, e.g. :mod:`eat.eval.polyphonic`) scores by mAP."""
     rows = []
     for key, x in train.items():
-        r = probe(x, train_y, test[key], test_y, "multiclass", **probe_kwargs)
+        r = probe(x, train_y, test[key], test_y, task, **probe_kwargs)
         val = max(r["val_scores"].values()) if r["val_scores"] else float("nan")
         rows.append(Row(source, key[0], key[1], r["score"], r["dim"], r["weight_decay"], val))
     return rows
 
 
 def format_table(rows: Sequence[Row], poolings: Sequence[str], title: str = "") -> str:
-    """A markdown table: one row per (source, layer spec), one column per pooling (test accuracy; ``-`` where
-    the pooling does not apply, e.g. ``cls`` for log-mel; ``*`` marks each source's cell chosen on
-    validation), then one line per source naming that cell."""
+    """A markdown table: one row per (source, layer spec), one column per pooling (the test score: accuracy,
+    or mAP for a multi-label task; ``-`` where the pooling does not apply, e.g. ``cls`` for log-mel; ``*``
+    marks each source's cell chosen on validation), then one line per source naming that cell."""
     head = "| source | layers | " + " | ".join(poolings) + " |"
     lines = ([f"**{title}**", ""] if title else []) + [head, "|---|---|" + "---|" * len(poolings)]
     chosen = select_on_validation(rows)

@@ -26,6 +26,13 @@ Reductions (``utterance_reduction``):
 * ``"mean"`` averages the CLS error over the clones instead, so the loss does not depend on the batch size.
 
 ``utterance_loss`` in the output is the reduced CLS term (sum or mean) before ``cls_loss_weight``.
+
+Mixture pretraining (SSLAM stage 2, ``mix=True``; :mod:`eat.model.mixing`, docs/design.md): the B clips are
+followed by B partial mixtures (clip b with clip b-1 over all but two clean windows, rows given by
+``mix_rows``), each using its own clip's masks, so 2B inputs of ``clone_batch`` clones each. The teacher runs
+on all 2B inputs (the frame and CLS targets of each input, as in EAT) and once more on every partner's mixed
+tokens alone; the ``retention_loss`` (weight ``retention_loss_weight``) is the frame loss of the mixtures'
+clones against :func:`~eat.model.mixing.retention_target`, averaged over their masked tokens.
 """
 
 from __future__ import annotations
@@ -42,6 +49,15 @@ from torch import Tensor, nn
 from eat.config import ConfigError, from_dict
 from eat.model.decoder import CNNDecoder
 from eat.model.masking import inverse_block_mask, mask_to_ids, visible_count
+from eat.model.mixing import (
+    OFFICIAL_CLEAN_FRACTION,
+    clean_rows,
+    draw_mix_rows,
+    mix_spectrograms,
+    mixed_tokens,
+    partner,
+    retention_loss,
+)
 from eat.model.vit import Encoder, EncoderConfig
 
 
@@ -74,6 +90,13 @@ class EATConfig:
     ema_end_decay: float = 0.99999
     ema_anneal_end_step: int = 100000
     loss_scale: float | None = None
+    # top blocks averaged for the utterance (CLS) target; 0 = average_top_k_layers (EAT). SSLAM's code: 1
+    utterance_top_k_layers: int = 0
+    # mixture pretraining (SSLAM stage 2): every batch adds partial mixtures of neighbouring clips and the
+    # source retention loss (module docstring, docs/design.md "Mixture pretraining")
+    mix: bool = False
+    mix_clean_fraction: float = OFFICIAL_CLEAN_FRACTION  # each of the two windows without the partner
+    retention_loss_weight: float = 1.0  # weight of the source retention loss (mean over masked tokens)
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
@@ -89,6 +112,14 @@ class EATConfig:
             raise ConfigError(f"utterance_reduction: {self.utterance_reduction!r} is not one of official, mean")
         if self.clone_batch < 1 or not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError("clone_batch must be >= 1 and mask_ratio in (0, 1)")
+        if not 0 <= self.utterance_top_k_layers <= self.encoder.depth:
+            raise ConfigError(f"utterance_top_k_layers must be in [0, encoder.depth={self.encoder.depth}], "
+                              f"got {self.utterance_top_k_layers}")
+        if self.mix:
+            try:
+                clean_rows(self.encoder.target_length // self.encoder.patch_stride[0], self.mix_clean_fraction)
+            except ValueError as e:
+                raise ConfigError(f"model.mix_clean_fraction: {e}") from None
 
 
 PRESETS: dict[str, EATConfig] = {
@@ -178,12 +209,27 @@ class EATModel(nn.Module):
             device=device,
         )
 
+    def mix_clean_rows(self, num_frames: int) -> int:
+        """Rows of each clean window of a mixture of ``num_frames``-frame clips (see :mod:`eat.model.mixing`)."""
+        return clean_rows(self.student.grid(num_frames)[0], self.cfg.mix_clean_fraction)
+
+    def make_mix_rows(self, batch: int, num_frames: int, generator: torch.Generator | None = None) -> Tensor:
+        """(batch, T') bool mixed rows, one draw per clip (the loader workers make them in training)."""
+        time_patches, clean = self.student.grid(num_frames)[0], self.mix_clean_rows(num_frames)
+        return torch.stack([draw_mix_rows(time_patches, clean, generator) for _ in range(batch)])
+
     @torch.no_grad()
     def targets(self, source: Tensor) -> Tensor:
         """Teacher targets ``y`` (B, N, D) in fp32 for the unmasked ``source``."""
         _, ffn = self.teacher(source, return_ffn=True)
+        return self.layer_targets(ffn, self.cfg.average_top_k_layers)
+
+    @torch.no_grad()
+    def layer_targets(self, ffn: list[Tensor], top_k: int) -> Tensor:
+        """Targets from the teacher's FFN outputs (each (B, E + N, D)): the top ``top_k`` blocks, extra
+        tokens dropped, instance-normalised over the tokens present, averaged, layer-normalised."""
         extra = self.cfg.encoder.num_extra_tokens
-        layers = ffn[-self.cfg.average_top_k_layers :]
+        layers = ffn[-top_k:]
         y = None
         for t in layers:
             t = t[:, extra:].float()
@@ -197,16 +243,20 @@ class EATModel(nn.Module):
 
     # ---------------------------------------------------------------- training forward
     def forward(self, source: Tensor, mask: Tensor | None = None, noise: Tensor | None = None,
-                num_visible: int | None = None) -> dict[str, Tensor]:
+                num_visible: int | None = None, mix_rows: Tensor | None = None) -> dict[str, Tensor]:
         """One pretraining forward.
 
         ``source`` (B, T, F) or (B, 1, T, F); ``mask`` (B*C, N) bool, True = masked, rows ``b*C + c``
         (made with :meth:`make_masks` when None). ``noise`` (masked tokens, D) replaces the decoder's
         Gaussian noise at the masked positions, in row-major order of the mask (tests use it).
 
-        Returns fp32 tensors: ``loss``, ``frame_loss``, ``utterance_loss``, ``sample_size`` (masked tokens),
-        ``pred_var`` and ``target_var`` (logging). No host synchronisation: the visible count V is
-        ``num_visible`` when given; else, for a model on an accelerator, the config's
+        With ``cfg.mix``, ``mix_rows`` (B, T') bool are the mixed patch rows of every mixture (drawn here with
+        the global generator when None); ``mask`` and ``noise`` then cover the 2B inputs' rows (the mask of
+        the B clips, reused by their mixtures; the noise of all 2B * C rows).
+
+        Returns fp32 tensors: ``loss``, ``frame_loss``, ``utterance_loss``, (with ``mix``) ``retention_loss``,
+        ``sample_size`` (masked tokens), ``pred_var`` and ``target_var`` (logging). No host synchronisation:
+        the visible count V is ``num_visible`` when given; else, for a model on an accelerator, the config's
         (:func:`visible_count`: the loader's masks are made with the same settings), and the rows are
         checked by an asynchronous device assert; only on CPU is it read from the mask (free there). So
         nothing in the step reads a tensor's values on the host (``eat.apps.gpu_dryrun`` checks this).
@@ -236,7 +286,28 @@ class EATModel(nn.Module):
         dim = cfg.encoder.embed_dim
         extra = cfg.encoder.num_extra_tokens
 
-        y = self.targets(source)
+        if cfg.mix:  # B clips, then their B mixtures with the same masks: 2B inputs, 2 * rows mask rows
+            own = source
+            if mix_rows is None:
+                mix_rows = self.make_mix_rows(batch, num_frames).to(device)
+            mix_rows = mix_rows.to(device, non_blocking=True)
+            source = torch.cat([own, mix_spectrograms(own, mix_rows, self.student.cfg.patch_stride[0])])
+            keep_ids, masked_ids = torch.cat([keep_ids, keep_ids]), torch.cat([masked_ids, masked_ids])
+            rows *= 2
+
+        with torch.no_grad():
+            _, ffn = self.teacher(source, return_ffn=True)
+            y = self.layer_targets(ffn, cfg.average_top_k_layers)
+            utt_k = cfg.utterance_top_k_layers or cfg.average_top_k_layers
+            y_utt = y if utt_k == cfg.average_top_k_layers else self.layer_targets(ffn, utt_k)
+            del ffn
+            if cfg.mix:  # the partner's targets from its mixed tokens alone
+                time_patches, freq_patches = grid
+                num_mixed = (time_patches - 2 * self.mix_clean_rows(num_frames)) * freq_patches
+                _, mix_ids = mask_to_ids(mixed_tokens(mix_rows, freq_patches), num_patches - num_mixed)
+                _, ffn_p = self.teacher(partner(own), keep_ids=mix_ids, return_ffn=True)
+                y_partner = self.layer_targets(ffn_p, cfg.average_top_k_layers)
+                del ffn_p
 
         x = self.student(source, keep_ids=keep_ids)
         cls_out, patches = x[:, 0], x[:, extra:]
@@ -257,16 +328,22 @@ class EATModel(nn.Module):
         target = y[item[:, None], masked_ids]  # (R, M, D)
         frame_err = (pred - target).square().sum(dim=-1) * self.loss_scale  # (R, M)
         frame_loss = frame_err.mean()
-        cls_err = (cls_out.float() - y.mean(dim=1)[item]).square().sum(dim=-1) * self.loss_scale  # (R,)
+        cls_err = (cls_out.float() - y_utt.mean(dim=1)[item]).square().sum(dim=-1) * self.loss_scale  # (R,)
         utterance_loss = cls_err.sum() if cfg.utterance_reduction == "official" else cls_err.mean()
         loss = cfg.frame_loss_weight * frame_loss + cfg.cls_loss_weight * utterance_loss
+        extra_out = {}
+        if cfg.mix:  # the mixtures' clones are the second half of the rows
+            half = rows // 2
+            ret = retention_loss(pred[half:], y[:batch], y_partner, mix_ids, masked_ids[half:], self.loss_scale)
+            loss = loss + cfg.retention_loss_weight * ret
+            extra_out["retention_loss"] = ret
         with torch.no_grad():
             stats = {
                 "pred_var": _spread(pred),
                 "target_var": _spread(target),
                 "sample_size": torch.full((), rows * num_masked, device=device, dtype=torch.long),
             }
-        return {"loss": loss, "frame_loss": frame_loss, "utterance_loss": utterance_loss, **stats}
+        return {"loss": loss, "frame_loss": frame_loss, "utterance_loss": utterance_loss, **extra_out, **stats}
 
     # ---------------------------------------------------------------- EMA teacher
     def ema_decay_at(self, step: int) -> float:

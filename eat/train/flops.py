@@ -18,6 +18,7 @@ from __future__ import annotations
 from eat.model.classifier import ClassifierConfig, PatchoutConfig
 from eat.model.eat import EATConfig
 from eat.model.masking import visible_count
+from eat.model.mixing import clean_rows
 from eat.model.vit import EncoderConfig
 
 
@@ -56,6 +57,9 @@ def pretrain_flops(cfg: EATConfig, num_frames: int | None = None) -> dict[str, f
     Teacher: patch embedding + blocks on all ``E + N`` tokens, forward only. Student: patch embedding
     once per clip (forward + weight gradient), blocks on ``E + V`` tokens for each of the ``C`` clones,
     forward + backward. Decoder: per clone, forward + backward.
+
+    Mixture pretraining (``cfg.mix``) counts per *loader* clip: its mixture is a second input (teacher,
+    student and decoder again), and the teacher also runs on the partner's mixed tokens.
     """
     enc = cfg.encoder
     t, f = grid(enc, num_frames)
@@ -66,6 +70,9 @@ def pretrain_flops(cfg: EATConfig, num_frames: int | None = None) -> dict[str, f
     teacher = embed + blocks_forward(enc, n + e)
     student = 2 * embed + 3 * c * blocks_forward(enc, v + e)
     decoder = 3 * c * decoder_forward(cfg, n, n - v)
+    if cfg.mix:
+        mixed = (t - 2 * clean_rows(t, cfg.mix_clean_fraction)) * f
+        teacher, student, decoder = 2 * teacher + embed + blocks_forward(enc, mixed + e), 2 * student, 2 * decoder
     return {"teacher": teacher, "student": student, "decoder": decoder, "total": teacher + student + decoder}
 
 

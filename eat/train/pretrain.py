@@ -300,7 +300,8 @@ def build_loader(cfg: PretrainConfig, model_cfg: EATConfig, model: EATModel,
     data = cfg.data
     frontend = frontend_for(data, model_cfg)
     mask_cfg = MaskConfig(clones=model_cfg.clone_batch, mask_ratio=model_cfg.mask_ratio, block=model_cfg.mask_block,
-                          adjust=model_cfg.mask_adjust, grid=model.student.grid(frontend.target_length))
+                          adjust=model_cfg.mask_adjust, grid=model.student.grid(frontend.target_length),
+                          mix_clean_rows=model.mix_clean_rows(frontend.target_length) if model_cfg.mix else 0)
     shards = data.format == "shards"
     source = data.train_shards if shards else data.train_manifest
     dataset = (ShardPretrainDataset if shards else PretrainDataset)(
@@ -325,8 +326,8 @@ class PretrainBatchPrep:
     """The trainer's ``prepare`` for pretraining: batch -> (model kwargs, counts).
 
     The input goes through :func:`eat.data.batch.model_input`; the mask stays on the host and is copied
-    by the model asynchronously (on a GPU the model takes its visible count from the config, so nothing
-    in the step reads a tensor on the host).
+    by the model asynchronously, as are the ``mix_rows`` of mixture pretraining (on a GPU the model takes
+    its visible count from the config, so nothing in the step reads a tensor on the host).
     """
 
     def __init__(self, frontend: FrontendConfig):
@@ -334,8 +335,10 @@ class PretrainBatchPrep:
 
     def __call__(self, batch: Batch, device: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
         source = model_input(batch, self.frontend, device)
-        return {"source": source, "mask": batch["mask"]}, {"clips": source.shape[0],
-                                                           "bad_clips": batch["num_skipped"]}
+        kwargs = {"source": source, "mask": batch["mask"]}
+        if "mix_rows" in batch:  # mixture pretraining: the model mixes on the device (eat.model.mixing)
+            kwargs["mix_rows"] = batch["mix_rows"]
+        return kwargs, {"clips": source.shape[0], "bad_clips": batch["num_skipped"]}
 
 
 def configure_logging(env: DistEnv) -> None:
@@ -363,7 +366,10 @@ def resolved_config(cfg: PretrainConfig, model_cfg: EATConfig) -> dict[str, Any]
 
 def check_config(cfg: PretrainConfig) -> None:
     """Every value a run would refuse later, refused now (``--check`` runs this before torchrun starts ranks)."""
-    resolve_model(cfg.model)
+    model_cfg = resolve_model(cfg.model)
+    if model_cfg.mix and cfg.data.batch_size < 2:
+        raise ConfigError(f"data.batch_size: mixture pretraining (model.mix=true) mixes each clip with its "
+                          f"neighbour in the batch, so it needs at least 2 clips per rank, got {cfg.data.batch_size}")
     check_train_config(cfg.train)
     check_loader_config(cfg.data.batch_size, cfg.data.num_workers, cfg.data.prefetch_factor,
                         cfg.data.max_bad_fraction)
@@ -399,9 +405,10 @@ def run(cfg: PretrainConfig) -> int:
         n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("teacher."))
         init = init_path(cfg.model)
         start = f", from {init} (EMA {model_cfg.ema_decay} -> {model_cfg.ema_end_decay})" if init else ""
+        mix = " (+ each clip's mixture with its neighbour, SSLAM stage 2)" if model_cfg.mix else ""
         trainer.logger.console(f"EAT {cfg.model.get('preset', 'base')}: {n_params / 1e6:.2f} M student+decoder "
                                f"params{start}, {len(loader)} batches/epoch/rank of {cfg.data.batch_size} clips "
-                               f"x {model_cfg.clone_batch} clones, out_dir {trainer.run_dir}")
+                               f"x {model_cfg.clone_batch} clones{mix}, out_dir {trainer.run_dir}")
         result = trainer.fit()
         shutdown(synchronize=True)
     finally:
