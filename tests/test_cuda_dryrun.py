@@ -48,6 +48,15 @@ def test_pretrain_step_base_preset():
     assert r.linear_dtype == BF16
 
 
+@pytest.mark.parametrize("device_mask", [False, True], ids=["loader_mix_rows", "device_mix_rows"])
+def test_pretrain_step_mixture_pretraining(device_mask):
+    """SSLAM stage 2: mixtures made on the device, the partner's teacher pass, the source retention loss."""
+    r = pretrain_step("tiny", batch_size=2, device_mask=device_mask,
+                      overrides={"mix": True, "retention_loss_weight": 1.0, "utterance_top_k_layers": 1})
+    _on_gpu(r.outputs)
+    assert "retention_loss" in r.outputs and r.linear_dtype == BF16
+
+
 def test_pretrain_step_device_mask_and_accumulation():
     r = pretrain_step("tiny", device_mask=True, grad_accum=2)
     _on_gpu(r.outputs)

@@ -26,6 +26,7 @@ from eat.model.mixing import (
     OFFICIAL_CLEAN_FRACTION,
     clean_rows,
     draw_mix_rows,
+    draw_mix_rows_batch,
     mix_spectrograms,
     retention_loss,
 )
@@ -104,6 +105,18 @@ def test_clean_windows_follow_the_official_ranges():
     assert starts1 == set(range(32)) and min(starts2) == 15 and max(starts2) == 48
     with pytest.raises(ValueError):
         clean_rows(2, 0.25)
+    # the model's batched draw on the device (no host sync): the same windows, the same support
+    batched = draw_mix_rows_batch(3000, 64, 15, torch.Generator().manual_seed(1))
+    assert (batched.sum(1) == 64 - 30).all()
+    for rows in batched[:200]:
+        clean = (~rows).nonzero().flatten().tolist()
+        s1, s2 = clean[0], clean[15]
+        assert clean[:15] == list(range(s1, s1 + 15)) and clean[15:] == list(range(s2, s2 + 15))
+    first = (~batched).int().argmax(1)
+    second = 63 - (~batched).int().flip(1).argmax(1) - 14
+    assert set(first.tolist()) == set(range(32)) and int(second.min()) == 15 and int(second.max()) == 48
+    pair_counts = torch.bincount(first, minlength=32).float()  # uniform first start: each ~3000/32
+    assert pair_counts.min() > 50 and pair_counts.max() < 140
 
 
 def test_mixture_is_the_max_with_the_previous_clip_on_the_mixed_rows():

@@ -305,6 +305,8 @@ def pretrain_step(preset: str = "tiny", batch_size: int = 2, fbank_on_device: bo
             batch["source"] = torch.empty(batch_size, frontend.target_length, frontend.num_mel_bins)
         if not device_mask:  # the loader's masks: made on the host by the workers
             batch["mask"] = torch.empty(batch_size * cfg.clone_batch, grid[0] * grid[1], dtype=torch.bool)
+            if cfg.mix:  # and the mixed patch rows of mixture pretraining (SSLAM stage 2)
+                batch["mix_rows"] = torch.empty(batch_size, grid[0], dtype=torch.bool)
         values = trainer.train_step(*[batch] * grad_accum)
         fused = "fused" if trainer.optimizer.defaults.get("fused") else "not fused"
         out = summary(values)

@@ -52,7 +52,7 @@ from eat.model.masking import inverse_block_mask, mask_to_ids, visible_count
 from eat.model.mixing import (
     OFFICIAL_CLEAN_FRACTION,
     clean_rows,
-    draw_mix_rows,
+    draw_mix_rows_batch,
     mix_spectrograms,
     mixed_tokens,
     partner,
@@ -213,10 +213,12 @@ class EATModel(nn.Module):
         """Rows of each clean window of a mixture of ``num_frames``-frame clips (see :mod:`eat.model.mixing`)."""
         return clean_rows(self.student.grid(num_frames)[0], self.cfg.mix_clean_fraction)
 
-    def make_mix_rows(self, batch: int, num_frames: int, generator: torch.Generator | None = None) -> Tensor:
-        """(batch, T') bool mixed rows, one draw per clip (the loader workers make them in training)."""
+    def make_mix_rows(self, batch: int, num_frames: int, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None) -> Tensor:
+        """(batch, T') bool mixed rows, one draw per clip, made on ``device`` without a host sync (in training
+        the loader workers usually make them, :func:`draw_mix_rows`)."""
         time_patches, clean = self.student.grid(num_frames)[0], self.mix_clean_rows(num_frames)
-        return torch.stack([draw_mix_rows(time_patches, clean, generator) for _ in range(batch)])
+        return draw_mix_rows_batch(batch, time_patches, clean, generator, device)
 
     @torch.no_grad()
     def targets(self, source: Tensor) -> Tensor:
@@ -289,7 +291,7 @@ class EATModel(nn.Module):
         if cfg.mix:  # B clips, then their B mixtures with the same masks: 2B inputs, 2 * rows mask rows
             own = source
             if mix_rows is None:
-                mix_rows = self.make_mix_rows(batch, num_frames).to(device)
+                mix_rows = self.make_mix_rows(batch, num_frames, device=device)
             mix_rows = mix_rows.to(device, non_blocking=True)
             source = torch.cat([own, mix_spectrograms(own, mix_rows, self.student.cfg.patch_stride[0])])
             keep_ids, masked_ids = torch.cat([keep_ids, keep_ids]), torch.cat([masked_ids, masked_ids])

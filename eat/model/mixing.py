@@ -55,6 +55,24 @@ def draw_mix_rows(time_patches: int, clean: int, generator: torch.Generator | No
     return rows
 
 
+def draw_mix_rows_batch(batch: int, time_patches: int, clean: int, generator: torch.Generator | None = None,
+                        device: torch.device | str | None = None) -> Tensor:
+    """(batch, T') bool: :func:`draw_mix_rows`'s distribution for a whole batch at once, made on ``device``
+    without reading a value on the host (the model's own draw when the loader sent no ``mix_rows``, e.g. with
+    masks made on the device). The second start is ``start1 + clean + floor(u * width)`` with ``u`` uniform
+    in [0, 1) and ``width`` the number of allowed starts, i.e. uniform on the same integers."""
+    if clean < 1 or time_patches < 2 * clean + 1:
+        raise ValueError(f"{time_patches} time patches do not fit two clean windows of {clean} rows and a mixed one")
+    last1 = min(time_patches // 2 - 1, time_patches - 2 * clean - 1)
+    start1 = torch.randint(0, last1 + 1, (batch, 1), generator=generator, device=device)
+    width = time_patches - 2 * clean - start1  # starts start1 + clean .. T' - clean - 1
+    u = torch.rand(batch, 1, generator=generator, device=device)
+    start2 = start1 + clean + (u * width).long().clamp_max(width - 1)
+    t = torch.arange(time_patches, device=device)
+    clean_rows_ = ((t >= start1) & (t < start1 + clean)) | ((t >= start2) & (t < start2 + clean))
+    return ~clean_rows_
+
+
 def partner(x: Tensor) -> Tensor:
     """The partner of every clip of a batch (dim 0): clip ``b - 1``, clip ``B - 1`` for clip 0."""
     return x.roll(1, dims=0)
