@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         args = parse_args(argv)
         cfg = load(args)
         check_train_config(cfg.train)
-        check_loader_config(cfg.data.batch_size, cfg.data.num_workers, 1, cfg.data.max_bad_fraction)
+        check_loader_config(cfg.data.batch_size, cfg.data.num_workers, 1, cfg.data.max_bad_fraction,
+                            max_bad_clips=cfg.data.max_bad_clips)
         if cfg.data.eval_batch_size < 0:
             raise ConfigError(f"data.eval_batch_size: must be >= 0, got {cfg.data.eval_batch_size}")
         env = init_distributed(cfg.train.device)

@@ -107,3 +107,57 @@ def test_fairseq_config_fields_are_typed(field, value, needles):
     with pytest.raises(ConversionError) as info:
         convert_checkpoint(ck)
     assert all(n in str(info.value) for n in needles), str(info.value)
+
+
+# --------------------------------------------------------------------------------- bad-clip policy (item 4)
+
+
+@pytest.mark.parametrize("total, fraction, clips, allowed", [
+    (41, 0.01, 10, 10),  # a small fine-tuning set: one bad file (2.4 %) no longer stops it
+    (300, 0.01, 10, 10), (2_000_000, 0.01, 10, 20_000),  # a large set: the fraction decides
+    (5, 0.01, 10, 2), (2, 0.01, 10, 0), (1, 0.01, 10, 0),  # a tiny set: fewer than half may be bad
+    (41, 0.01, 0, 0), (20, 0.15, 0, 3), (20, 0.5, 0, 10), (20, 1.0, 0, 20),  # the fraction alone, as before
+])
+def test_bad_clip_allowance(total, fraction, clips, allowed):
+    from eat.data.loaders import bad_clip_allowance
+
+    assert bad_clip_allowance(total, fraction, clips) == allowed
+
+
+def _clip_manifest(root: Path, good: int, missing: int) -> Path:
+    import numpy as np
+    import soundfile
+
+    from eat.data.manifest import write_manifest
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(good):
+        soundfile.write(root / f"c{i}.wav", np.full(800, 0.01 * (i + 1), np.float32), 16000)
+        rows.append((f"c{i}.wav", 800))
+    rows += [(f"gone{i}.wav", 800) for i in range(missing)]
+    return write_manifest(root / "m.tsv", root, rows)
+
+
+def _loader(manifest: Path, batch_size: int):
+    from eat.audio.fbank import FrontendConfig
+    from eat.data.datasets import PretrainDataset
+    from eat.data.loaders import ResumableDistributedSampler, build_loader
+
+    ds = PretrainDataset(manifest, FrontendConfig(target_length=16))
+    return build_loader(ds, ResumableDistributedSampler(len(ds), seed=0), batch_size=batch_size, train=False)
+
+
+def test_one_bad_clip_of_41_does_not_stop_a_run(tmp_path):
+    loader = _loader(_clip_manifest(tmp_path, 40, 1), 8)
+    assert sum(len(b["index"]) for b in loader) == 40 and loader.bad_this_epoch == 1
+
+
+def test_a_manifest_whose_files_are_all_missing_stops_at_once_and_says_so(tmp_path):
+    from eat.data.loaders import BadDataError
+
+    with pytest.raises(BadDataError) as info:
+        list(_loader(_clip_manifest(tmp_path, 0, 5), 4))
+    message = str(info.value)
+    assert message.startswith("4 of the first 4 clips read are unreadable (of 5 this epoch"), message
+    assert "more than the 2 allowed" in message and "gone" in message and "file not found" in message

@@ -28,8 +28,24 @@ from eat.data.manifest import LabelledItem
 log = logging.getLogger(__name__)
 
 
+DEFAULT_MAX_BAD_CLIPS = 10
+
+
 class BadDataError(RuntimeError):
     """Too many clips of an epoch could not be read; the message names the limit and its config key."""
+
+
+def bad_clip_allowance(total: int, max_bad_fraction: float, max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS) -> int:
+    """How many unreadable clips an epoch of ``total`` clips (on one rank) may hold before the run stops.
+
+    The larger of two allowances: ``max_bad_fraction`` of the epoch (what matters for a large set: 1 % of
+    two million clips is 20,000) and ``max_bad_clips`` clips (what matters for a small one: one bad file
+    of 41 is 2.4 %, and should not stop a fine-tuning run). The absolute allowance is capped below half
+    the epoch, so a manifest that is mostly unreadable still stops within its first unreadable clips
+    (5 clips: at most 2 may be bad), whatever ``max_bad_clips`` says; the fraction is not capped (a
+    user who sets 0.9 asks for it).
+    """
+    return max(math.floor(max_bad_fraction * total), min(max_bad_clips, (total - 1) // 2))
 
 
 class ResumableDistributedSampler(Sampler):
@@ -181,28 +197,36 @@ class SkippingLoader:
     """A DataLoader whose batches are checked against the bad-file policy and counted for resuming.
 
     Every bad file is logged once (``logging.warning`` naming it and the reason); batches with no good
-    clip are not yielded; when more than ``max_bad_fraction`` of this epoch's clips (on this rank) turn
-    out bad, :class:`BadDataError` names the limit via ``limit_name``. ``state_dict`` / ``set_epoch``
+    clip are not yielded; when more of this epoch's clips (on this rank) turn out bad than
+    :func:`bad_clip_allowance` allows, :class:`BadDataError` says how many of the clips read so far were
+    bad, the first one and why, and names the two config keys (``<section>.max_bad_fraction`` and
+    ``<section>.max_bad_clips``, the section taken from ``limit_name``). ``state_dict`` / ``set_epoch``
     go to the sampler.
     """
 
-    def __init__(self, loader: DataLoader, max_bad_fraction: float, limit_name: str = "data.max_bad_fraction"):
+    def __init__(self, loader: DataLoader, max_bad_fraction: float, limit_name: str = "data.max_bad_fraction",
+                 max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS):
         self.loader = loader
         self.sampler = loader.batch_sampler.sampler if loader.batch_sampler is not None else loader.sampler
         self.max_bad_fraction = max_bad_fraction
+        self.max_bad_clips = max_bad_clips
         self.limit_name = limit_name
         self.logged: set[str] = set()
         self.bad_this_epoch = 0
+        self.read_this_epoch = 0
+        self.first_bad: Skipped | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
         total = len(self.sampler)
-        self.bad_this_epoch = 0
+        self.bad_this_epoch = self.read_this_epoch = 0
+        self.first_bad = None
         for batch in self.loader:
             if hasattr(self.sampler, "advance"):
                 self.sampler.advance(batch["num_drawn"])
+            self.read_this_epoch += batch["num_drawn"]
             self._check(batch["skipped"], total)
             if batch["index"].numel():
                 yield batch
@@ -213,11 +237,16 @@ class SkippingLoader:
                 self.logged.add(s.path)
                 log.warning("skipping unreadable clip %s: %s", s.path, s.reason)
         self.bad_this_epoch += len(skipped)
-        if self.bad_this_epoch > self.max_bad_fraction * total:
-            share = 100 * self.bad_this_epoch / max(total, 1)
+        if skipped and self.first_bad is None:
+            self.first_bad = skipped[0]
+        allowed = bad_clip_allowance(total, self.max_bad_fraction, self.max_bad_clips)
+        if self.bad_this_epoch > allowed:
+            section = self.limit_name.rsplit(".", 1)[0]
+            first = self.first_bad
             raise BadDataError(
-                f"{self.bad_this_epoch} of {total} clips unreadable ({share:.1f}%) "
-                f"exceeds {self.limit_name}={self.max_bad_fraction}"
+                f"{self.bad_this_epoch} of the first {self.read_this_epoch} clips read are unreadable (of "
+                f"{total} this epoch on this process), more than the {allowed} allowed ({section}.max_bad_clips={self.max_bad_clips}, "
+                f"{section}.max_bad_fraction={self.max_bad_fraction}); first: {first.path}: {first.reason}"
             )
 
     def set_epoch(self, epoch: int) -> None:
@@ -231,7 +260,7 @@ class SkippingLoader:
 
 
 def check_loader_config(batch_size: int, num_workers: int, prefetch_factor: int, max_bad_fraction: float,
-                        section: str = "data") -> None:
+                        section: str = "data", max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS) -> None:
     """Refuse loader settings no run can use, naming the ``<section>.<key>`` (a ``ConfigError``)."""
     from eat.config import ConfigError
 
@@ -243,6 +272,8 @@ def check_loader_config(batch_size: int, num_workers: int, prefetch_factor: int,
         raise ConfigError(f"{section}.prefetch_factor: must be >= 1, got {prefetch_factor}")
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise ConfigError(f"{section}.max_bad_fraction: must lie in [0, 1], got {max_bad_fraction}")
+    if max_bad_clips < 0:
+        raise ConfigError(f"{section}.max_bad_clips: must be >= 0, got {max_bad_clips}")
 
 
 def ignore_preemption_signals(worker_id: int) -> None:
@@ -267,13 +298,14 @@ def build_loader(
     prefetch_factor: int | None = None,
     max_bad_fraction: float | None = None,
     limit_name: str = "data.max_bad_fraction",
+    max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS,
 ) -> SkippingLoader:
     """A :class:`SkippingLoader` over ``dataset`` in ``sampler`` order.
 
     Defaults: pinned memory when CUDA is available, persistent workers when ``num_workers > 0`` (which
     ignore preemption signals, see :func:`ignore_preemption_signals`),
     incomplete last batch dropped for training (kept for evaluation), ``max_bad_fraction`` from the
-    dataset.
+    dataset (the bad-clip policy: :func:`bad_clip_allowance`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -294,4 +326,4 @@ def build_loader(
         worker_init_fn=ignore_preemption_signals if num_workers > 0 else None,
     )
     limit = dataset.max_bad_fraction if max_bad_fraction is None else max_bad_fraction
-    return SkippingLoader(loader, limit, limit_name)
+    return SkippingLoader(loader, limit, limit_name, max_bad_clips)

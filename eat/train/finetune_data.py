@@ -71,7 +71,8 @@ class DataSection:
     eval_batch_size: int = 0  # 0: same as batch_size
     num_workers: int = 4
     fbank_on_device: bool = False
-    max_bad_fraction: float = 0.01
+    max_bad_fraction: float = 0.01  # stop when more of an epoch's clips (per rank) are unreadable than this
+    max_bad_clips: int = 10  # ... and than this many (below half the epoch): one bad file never stops a small set
     shard_window: int = 4096
     val_fraction: float = 0.0
     frontend: FrontendConfig = field(default_factory=FrontendConfig)

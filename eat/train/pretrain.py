@@ -89,7 +89,8 @@ class DataConfig:
     norm_mean: float | None = None
     norm_std: float | None = None
     crop: Literal["head", "random"] = "head"  # which window of a longer clip: the start, or a random one
-    max_bad_fraction: float = 0.01  # stop when more of an epoch's clips (per rank) are unreadable
+    max_bad_fraction: float = 0.01  # stop when more of an epoch's clips (per rank) are unreadable than this
+    max_bad_clips: int = 10  # ... and than this many (below half the epoch): one bad file never stops a small set
 
 
 @dataclass
@@ -317,7 +318,8 @@ def build_loader(cfg: PretrainConfig, model_cfg: EATConfig, model: EATModel,
                                               seed=cfg.train.seed)
     loader = build_data_loader(dataset, sampler, data.batch_size, num_workers=data.num_workers,
                                pin_memory=env.device.type == "cuda",
-                               prefetch_factor=data.prefetch_factor if data.num_workers > 0 else None)
+                               prefetch_factor=data.prefetch_factor if data.num_workers > 0 else None,
+                               max_bad_clips=data.max_bad_clips)
     return loader, frontend
 
 
@@ -365,7 +367,7 @@ def check_config(cfg: PretrainConfig) -> None:
     resolve_model(cfg.model)
     check_train_config(cfg.train)
     check_loader_config(cfg.data.batch_size, cfg.data.num_workers, cfg.data.prefetch_factor,
-                        cfg.data.max_bad_fraction)
+                        cfg.data.max_bad_fraction, max_bad_clips=cfg.data.max_bad_clips)
     if cfg.data.shard_window < 1:
         raise ConfigError(f"data.shard_window must be >= 1, got {cfg.data.shard_window}")
     if cfg.data.format == "shards":
