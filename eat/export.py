@@ -37,11 +37,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from eat.audio.fbank import NORM_PRESETS, FrontendConfig
-from eat.config import ConfigError, from_dict, to_dict
+from eat.config import ConfigError, from_dict, read_json, to_dict
 from eat.data.manifest import ManifestError, read_class_csv
 from eat.features import FeatureExtractor
 from eat.model.classifier import Classifier, ClassifierConfig, head_spec
 from eat.model.vit import Encoder, EncoderConfig
+from eat.utils.device import resolve_device
 
 FORMAT = "eat-encoder"
 FORMAT_VERSION = 1
@@ -78,13 +79,15 @@ def save_export(
     frontend: dict | FrontendConfig,
     head: dict | None = None,
     meta: dict | None = None,
+    source: str | None = None,
 ) -> Path:
     """Write an export directory atomically (a temporary sibling renamed into place); return its path.
 
     ``state_dict`` holds the encoder's tensors, either bare (``blocks.0.attn.qkv.weight``) or prefixed
     ``encoder.``, plus ``fc_norm.*``/``head.*`` when ``head`` is given. Everything is checked against a
     freshly built model before anything is written, and stored as float32. An existing export at
-    ``out_dir`` is replaced; any other existing, non-empty directory is refused.
+    ``out_dir`` is replaced; any other existing, non-empty directory is refused. ``source`` names where the
+    tensors and config came from in messages (default: the state dict for ``out_dir``).
     """
     out = Path(out_dir)
     cfg = ExportConfig(
@@ -98,7 +101,7 @@ def save_export(
     for key, value in state_dict.items():
         name = key if key.startswith(("encoder.", *HEAD_PREFIXES)) else f"encoder.{key}"
         tensors[name] = value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype)
-    _check_tensors(_build_module(cfg), tensors, f"state dict for {out}")
+    _check_tensors(_build_module(cfg), tensors, source or f"state dict for {out}")
     if out.exists() and not _is_export(out) and any(out.iterdir()):
         raise ExportError(f"{out}: exists and is not an eat export; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,11 +138,7 @@ def read_export(path: str | os.PathLike) -> tuple[ExportConfig, dict[str, Tensor
     for f in (cfg_path, weights_path):
         if not f.is_file():
             raise ExportError(f"{f}: missing; is {root} an exported encoder (tools/export_encoder.py)?")
-    try:
-        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{cfg_path}: not valid JSON ({e})") from None
-    cfg = parse_config(doc, cfg_path)
+    cfg = parse_config(read_json(cfg_path, ExportError), cfg_path)
     try:
         tensors = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as e:
@@ -176,6 +175,7 @@ def parse_config(doc: Any, where: str | os.PathLike = CONFIG_FILE) -> ExportConf
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureExtractor:
     """The encoder of an export (a classifier export's head is ignored) as a :class:`FeatureExtractor`
     in eval mode on ``device``."""
+    device = resolve_device(device, "device")
     cfg, tensors = read_export(path)
     encoder = Encoder(cfg.encoder)
     enc_tensors = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
@@ -222,6 +222,7 @@ class AudioClassifier(nn.Module):
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> AudioClassifier:
     """The classifier of an export that has a head, as an :class:`AudioClassifier` in eval mode."""
+    device = resolve_device(device, "device")
     cfg, tensors = read_export(path)
     if cfg.head is None:
         raise ExportError(f"{path}: this export has no classifier head (use load_encoder)")
@@ -293,8 +294,9 @@ def _export_ours(step: Path, out: Path, teacher: bool, preset: str | None, targe
         raise ExportError(f"{step / 'model.safetensors'}: unreadable ({str(e).splitlines()[0]})") from None
     cfg = _read_run_config(step)
     meta: dict[str, Any] = {"source": str(step.resolve()), "step": _step_of(step)}
+    source = f"{step / 'model.safetensors'} (against {_run_config_file(step)})"
     if any(k.startswith("student.") for k in state):
-        return _export_pretrain(step, out, state, cfg, teacher, preset, target_length, meta)
+        return _export_pretrain(step, out, state, cfg, teacher, preset, target_length, meta, source)
     if teacher:
         raise ExportError(f"{step}: only pretraining checkpoints have an EMA teacher; drop --teacher")
     if "classifier.head.weight" in state:  # recipes/finetune.py: FinetuneModel(classifier=...)
@@ -314,12 +316,12 @@ def _export_ours(step: Path, out: Path, teacher: bool, preset: str | None, targe
     head = head_spec(ccfg)
     if class_names is not None:
         head["class_names"] = class_names
-    path = save_export(out, ccfg.encoder, state, frontend, head=head, meta={**meta, "kind": "finetune"})
+    path = save_export(out, ccfg.encoder, state, frontend, head=head, meta={**meta, "kind": "finetune"}, source=source)
     return path, f"fine-tuned classifier ({ccfg.num_classes} classes) from {step}"
 
 
 def _export_pretrain(step: Path, out: Path, state: dict, cfg: dict, teacher: bool, preset: str | None,
-                     target_length: int | None, meta: dict) -> tuple[Path, str]:
+                     target_length: int | None, meta: dict, source: str) -> tuple[Path, str]:
     """recipes/pretrain_as2m.py runs: ``model`` holds the EATConfig (with ``encoder``), ``data.norm`` the
     normalisation preset; the front-end's length is the encoder's."""
     model_cfg = _find_model_config(cfg, step)
@@ -340,7 +342,7 @@ def _export_pretrain(step: Path, out: Path, state: dict, cfg: dict, teacher: boo
     if not sd:
         raise ExportError(f"{step}: the checkpoint has no {part} weights")
     frontend_cfg = _frontend(frontend, preset, target_length, step, enc_cfg.target_length)
-    path = save_export(out, enc_cfg, sd, frontend_cfg, meta={**meta, "kind": f"pretrain-{part}"})
+    path = save_export(out, enc_cfg, sd, frontend_cfg, meta={**meta, "kind": f"pretrain-{part}"}, source=source)
     return path, f"pretraining {part} encoder from {step}"
 
 
@@ -360,17 +362,25 @@ def _finetune_configs(cfg: dict, num_classes: int, step: Path) -> tuple[Classifi
     return classifier.cfg, ft.data.frontend
 
 
+def _run_config_file(step: Path) -> Path | None:
+    """The ``config.yaml`` describing checkpoint ``step``: its own, else its run directory's."""
+    return next((p for p in (step / "config.yaml", step.parent / "config.yaml") if p.is_file()), None)
+
+
 def _read_run_config(step: Path) -> dict:
-    for path in (step / "config.yaml", step.parent / "config.yaml"):
-        if path.is_file():
-            try:
-                cfg = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as e:
-                raise ExportError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-            if not isinstance(cfg, dict):
-                raise ExportError(f"{path}: top level must be a mapping")
-            return cfg
-    raise ExportError(f"{step}: no config.yaml (in the checkpoint or its run directory); cannot tell the encoder's shape")
+    path = _run_config_file(step)
+    if path is None:
+        raise ExportError(f"{step}: no config.yaml (in the checkpoint or its run directory); cannot tell the "
+                          "encoder's shape")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ExportError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ExportError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{path}: top level must be a mapping")
+    return cfg
 
 
 def _find_model_config(cfg: dict, where: Path) -> dict:
@@ -435,10 +445,11 @@ def export_official(src: Path, out: Path, teacher: bool = False, preset: str | N
     if teacher:
         if conv.teacher is None:
             raise ExportError(f"{src}: this {conv.source_format} checkpoint has no EMA teacher (_ema); drop --teacher")
-        path = save_export(out, conv.encoder_cfg, conv.teacher, frontend, meta={**meta, "kind": meta["kind"] + "-teacher"})
+        path = save_export(out, conv.encoder_cfg, conv.teacher, frontend, meta={**meta, "kind": meta["kind"] + "-teacher"},
+                           source=str(src))
         return path, f"EMA teacher of {origin}"
     if conv.head is None:
-        path = save_export(out, conv.encoder_cfg, conv.encoder, frontend, meta=meta)
+        path = save_export(out, conv.encoder_cfg, conv.encoder, frontend, meta=meta, source=str(src))
         return path, f"encoder of {origin} (its student)"
     if class_names is not None and len(class_names) != conv.num_classes:
         raise ExportError(f"{len(class_names)} class names given, the head of {src} has {conv.num_classes} classes")
@@ -446,7 +457,8 @@ def export_official(src: Path, out: Path, teacher: bool = False, preset: str | N
             "head_norm_eps": conv.head_norm_eps or 1e-6}
     if class_names is not None:
         head["class_names"] = class_names
-    path = save_export(out, conv.encoder_cfg, conv.classifier_state_dict(), frontend, head=head, meta=meta)
+    path = save_export(out, conv.encoder_cfg, conv.classifier_state_dict(), frontend, head=head, meta=meta,
+                       source=str(src))
     return path, f"classifier ({conv.num_classes} classes) of {origin}"
 
 

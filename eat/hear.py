@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from eat.audio.io import validate_audio
 from eat.export import load_encoder
 from eat.features import FeatureExtractor
+from eat.utils.device import resolve_device
 
 
 class HearModel(nn.Module):
@@ -60,8 +60,7 @@ def load_model(model_file_path: str = "", device: str | None = None, utterance: 
     """Load an exported encoder directory; extra keyword options come from heareval's ``--model-options``."""
     if not model_file_path:
         raise ValueError("model_file_path must name an exported encoder directory (tools/export_encoder.py)")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return HearModel(load_encoder(model_file_path, dev), utterance, layers, batch_size)
+    return HearModel(load_encoder(model_file_path, resolve_device(device, "device")), utterance, layers, batch_size)
 
 
 def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:

@@ -161,3 +161,76 @@ def test_a_manifest_whose_files_are_all_missing_stops_at_once_and_says_so(tmp_pa
     message = str(info.value)
     assert message.startswith("4 of the first 4 clips read are unreadable (of 5 this epoch"), message
     assert "more than the 2 allowed" in message and "gone" in message and "file not found" in message
+
+
+# ------------------------------------------------------------------------ messages that misled (item 5)
+
+
+@pytest.fixture(scope="module")
+def fx():
+    import torch
+
+    from eat.audio.fbank import FrontendConfig
+    from eat.features import FeatureExtractor
+    from eat.model.eat import eat_config
+    from eat.model.vit import Encoder
+
+    torch.manual_seed(0)
+    return FeatureExtractor(Encoder(eat_config("tiny").encoder), FrontendConfig(target_length=256))
+
+
+def test_extract_features_names_a_channels_last_array(fx):
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"shape \(48000, 8\) .* looks like \(n_samples, n_channels\)"):
+        fx.extract_features(np.zeros((48000, 8), np.float32))
+
+
+@pytest.mark.parametrize("lengths, match", [([-5, 100], r"lengths: expected 2 sample count\(s\) in 0..16000, got \[-5"),
+                                            ([100.5, 9], "whole sample counts"), ([1, 2, 3], "expected 2"),
+                                            ([100, 16000], r"audio clip 0: 100 samples, fewer than one")])
+def test_extract_features_checks_lengths(fx, lengths, match):
+    import torch
+
+    with pytest.raises(ValueError, match=match):
+        fx.extract_features(torch.zeros(2, 16000), lengths=lengths)
+
+
+def test_export_of_a_checkpoint_that_does_not_fit_its_config_names_the_checkpoint(tmp_path, capsys):
+    import torch
+
+    from eat.config import to_dict
+    from eat.model.eat import EATModel, eat_config
+    from eat.train.checkpoint import save_checkpoint
+    from eat.train.dist import DistEnv
+
+    torch.manual_seed(0)
+    model = EATModel(eat_config("tiny"))
+    config = {"model": {"preset": "tiny", **to_dict(model.cfg)}, "data": {"norm": "esc50"}}
+    config["model"]["encoder"]["depth"] = 2  # the run's config.yaml says 2 blocks, the weights have 3
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    save_checkpoint(tmp_path / "run", 3, model, torch.optim.AdamW(model.parameters()), env, {}, {}, config=config)
+    code, _, err = run_main(TOOLS["export_encoder"].main, [tmp_path / "run", tmp_path / "out"], capsys)
+    message = assert_error(code, err, str(tmp_path / "run" / "step_000003" / "model.safetensors"), "config.yaml",
+                           "unexpected encoder.blocks.2")
+    assert str(tmp_path / "out") not in message
+
+
+@pytest.mark.parametrize("device, match", [("bogus", "device: 'bogus' is not a device"),
+                                          ("tpu", "'tpu' is not a device")])
+def test_load_encoder_refuses_a_bad_device_in_one_line(tmp_path, device, match):
+    import torch
+
+    import eat
+    from eat.audio.fbank import FrontendConfig
+    from eat.export import save_export
+    from eat.model.eat import eat_config
+    from eat.model.vit import Encoder
+
+    cfg = eat_config("tiny").encoder
+    path = save_export(tmp_path / "e", cfg, Encoder(cfg).state_dict(), FrontendConfig(target_length=256))
+    with pytest.raises(ConfigError, match=match):
+        eat.load_encoder(path, device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            eat.load_classifier(path, device="cuda")

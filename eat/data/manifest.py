@@ -47,8 +47,9 @@ class Manifest:
 def read_manifest(path: str | Path) -> Manifest:
     """Read a tsv manifest: line 1 is the root directory, then ``relpath <whitespace> num_samples`` lines.
 
-    Any run of whitespace separates the two fields; the sample count is the last field, so a relative
-    path may itself contain spaces. Blank lines are ignored.
+    A line with a tab must have exactly two tab-separated columns; a line without one is split at its last
+    run of whitespace (the sample count is the last field, so a relative path may itself contain spaces).
+    Blank lines are ignored.
     """
     path = Path(path)
     lines = _read_lines(path)
@@ -59,14 +60,22 @@ def read_manifest(path: str | Path) -> Manifest:
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        parts = line.strip().rsplit(None, 1)
-        if len(parts) != 2:
-            raise ManifestError(f"{path}:{lineno}: expected '<relative path> <num_samples>', got {line.strip()!r}")
+        text = line.strip()
+        if "\t" in text:  # what write_manifest writes: exactly two tab-separated columns
+            parts = [p.strip() for p in text.split("\t")]
+            if len(parts) != 2:
+                raise ManifestError(f"{path}:{lineno}: {len(parts)} tab-separated columns, expected 2 "
+                                    f"(<relative path>, <num_samples>): {text!r:.120}")
+        else:
+            parts = text.rsplit(None, 1)
+            if len(parts) != 2:
+                raise ManifestError(f"{path}:{lineno}: expected '<relative path> <num_samples>', got {text!r:.120}")
         rel, count = parts
         try:
             n = int(count)
         except ValueError:
-            raise ManifestError(f"{path}:{lineno}: num_samples {count!r} is not an integer") from None
+            raise ManifestError(f"{path}:{lineno}: expected '<relative path> <num_samples>', but the last column "
+                                f"{count!r:.40} is not a whole number of samples") from None
         if n < 0:
             raise ManifestError(f"{path}:{lineno}: num_samples {n} is negative")
         entries.append((rel, n))
