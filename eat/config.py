@@ -97,22 +97,28 @@ def json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def read_json(path: str | Path, error: type[Exception] = ConfigError, what: str = "JSON") -> Any:
-    """Parse the JSON file ``path``; every failure (missing, a folder, unreadable, not UTF-8, not valid
-    JSON) is one ``error`` naming the file."""
-    import json
-
+def read_text(path: str | Path, error: type[Exception] = ConfigError, what: str = "text") -> str:
+    """The UTF-8 text of ``path``; every failure (missing, a folder, unreadable, not UTF-8) is one ``error``
+    naming the file. The one reader of the text files users hand the toolkit (configs, lists, csv)."""
     path = Path(path)
     if path.is_dir():
         raise error(f"{path}: is a folder, not a {what} file")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
+        raise error(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_json(path: str | Path, error: type[Exception] = ConfigError, what: str = "JSON") -> Any:
+    """Parse the JSON file ``path``; every failure (those of :func:`read_text`, not valid JSON) is one
+    ``error`` naming the file."""
+    import json
+
+    text = read_text(path, error, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

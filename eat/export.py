@@ -127,8 +127,9 @@ def save_export(
 # ---------------------------------------------------------------------------------------------- load
 
 
-def read_export(path: str | os.PathLike) -> tuple[ExportConfig, dict[str, Tensor]]:
-    """Parse and check ``config.json`` and read the tensors (safetensors: nothing is unpickled)."""
+def read_export(path: str | os.PathLike, shapes_only: bool = False) -> tuple[ExportConfig, dict[str, Tensor]]:
+    """Parse and check ``config.json`` and read the tensors (safetensors: nothing is unpickled);
+    ``shapes_only``: meta tensors from the file's header, for checking shapes cheaply."""
     root = Path(path)
     if root.is_file() and root.name == CONFIG_FILE:
         root = root.parent
@@ -140,7 +141,12 @@ def read_export(path: str | os.PathLike) -> tuple[ExportConfig, dict[str, Tensor
             raise ExportError(f"{f}: missing; is {root} an exported encoder (tools/export_encoder.py)?")
     cfg = parse_config(read_json(cfg_path, ExportError), cfg_path)
     try:
-        tensors = load_file(weights_path)
+        if shapes_only:
+            from eat.model.convert import read_tensor_file
+
+            tensors = read_tensor_file(weights_path, shapes_only=True)
+        else:
+            tensors = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"{weights_path}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
     return cfg, tensors

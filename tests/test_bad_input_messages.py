@@ -234,3 +234,159 @@ def test_load_encoder_refuses_a_bad_device_in_one_line(tmp_path, device, match):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             eat.load_classifier(path, device="cuda")
+
+
+# ------------------------------------------------------------------ worker counts sized to the machine (item 7)
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    import os
+
+    from eat.data import loaders
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(loaders, "_said", set())
+    return loaders
+
+
+def test_auto_workers_follow_the_cores_this_process_may_use(two_cores, monkeypatch, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="eat.data.loaders"):
+        assert two_cores.resolve_workers("auto") == 2
+        assert two_cores.resolve_workers("auto") == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "data.num_workers=auto: 2 loader worker process(es) (2 CPU core(s) available to this process)"]
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    assert two_cores.resolve_workers("auto") == 8  # at most 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert two_cores.resolve_workers("auto") == 4  # 64 cores shared by 16 ranks
+
+
+def test_a_number_the_user_set_is_kept_and_said_once_in_our_words(two_cores, caplog):
+    import logging
+    import warnings
+
+    from eat.audio.fbank import FrontendConfig
+    from eat.data.datasets import PretrainDataset
+    from eat.data.loaders import ResumableDistributedSampler, build_loader
+    from eat.data.manifest import Manifest
+
+    ds = PretrainDataset(Manifest(Path("/nonexistent"), [("a.wav", 16000)] * 4), FrontendConfig(target_length=16))
+    with caplog.at_level(logging.INFO, logger="eat.data.loaders"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            loader = build_loader(ds, ResumableDistributedSampler(4), batch_size=2, num_workers=8)
+            loader.loader.check_worker_number_rationality()  # what PyTorch calls at every new iterator
+    assert loader.loader.num_workers == 8
+    assert not [w for w in seen if "worker" in str(w.message)]
+    notes = [r.getMessage() for r in caplog.records]
+    assert notes == ["note: data.num_workers=8 loader worker processes, more than the 2 CPU core(s) available to "
+                     "this process; kept as set (data.num_workers=auto sizes it to the machine)"]
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), ("0", True), ("3", True), ("many", False), ("-1", False)])
+def test_num_workers_setting(value, ok, tmp_path, capsys):
+    from test_bad_inputs import PRETRAIN
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("/x\na.wav\t16000\n")
+    code, out, err = run_main(PRETRAIN.main, ["--check", "--config", ROOT / "recipes/configs/pretrain_own_data.yaml",
+                                              f"data.train_manifest={manifest}", f"data.num_workers={value}",
+                                              f"train.out_dir={tmp_path / 'run'}"], capsys)
+    if ok:
+        assert code in (0, None) and "config ok" in out, err
+    else:
+        assert_error(code, err, "data.num_workers")
+
+
+@pytest.mark.parametrize("tool, argv", [
+    ("make_manifest", ["{root}", "{root}/m.tsv"]), ("extract_features", ["--encoder", "{root}", "--manifest",
+                                                                         "{root}/m.tsv", "--out", "{root}/f"]),
+    ("compute_norm_stats", ["{root}/m.tsv"]),
+])
+def test_workers_means_the_same_in_every_tool(tool, argv, tmp_path, capsys):
+    code, _, err = run_main(TOOLS[tool].main, [a.format(root=tmp_path) for a in argv] + ["--workers", "-1"], capsys)
+    assert_error(code, err, "--workers: must be >= 0 (0: no worker threads or processes), got -1")
+
+
+# ---------------------------------------------------- --check reads model.init's shapes before ranks (item 6)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> Path:
+    import torch
+
+    from eat.audio.fbank import FrontendConfig
+    from eat.export import save_export
+    from eat.model.eat import eat_config
+    from eat.model.vit import Encoder
+
+    torch.manual_seed(0)
+    cfg = eat_config("tiny").encoder
+    return save_export(tmp_path_factory.mktemp("init") / "tiny", cfg, Encoder(cfg).state_dict(),
+                       FrontendConfig(target_length=256))
+
+
+def _check(capsys, tmp_path, init, *overrides, config="pretrain_own_data.yaml"):
+    from test_bad_inputs import PRETRAIN
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("/x\na.wav\t16000\n")
+    return run_main(PRETRAIN.main, ["--check", "--config", ROOT / "recipes" / "configs" / config,
+                                    f"data.train_manifest={manifest}", f"model.init={init}",
+                                    f"train.out_dir={tmp_path / 'run'}", *overrides], capsys)
+
+
+def test_check_refuses_init_weights_that_do_not_fit_reading_headers_only(tiny_export, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    import torch
+
+    import eat.export
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("--check read tensor data")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", no_data)
+    monkeypatch.setattr(eat.export, "load_file", no_data)
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", no_data)
+    code, _, err = _check(capsys, tmp_path, tiny_export)  # the base preset: 768 wide, the export: 96
+    assert_error(code, err, f"model.init: exported encoder {tiny_export} does not fit the model",
+                 "(96,) vs (768,)", "model.preset=base")
+    assert not (tmp_path / "run").exists()
+    code, out, err = _check(capsys, tmp_path, tiny_export, "model.preset=tiny")
+    assert code in (0, None) and "config ok" in out, err
+
+
+def test_check_reads_an_official_torch_checkpoint_by_memory_map(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from eat.model import convert
+
+    path = tmp_path / "official.pt"
+    torch.save(official_checkpoint("pretrain"), path)
+    monkeypatch.setattr(convert, "load_weights_only", lambda *a, **k: pytest.fail("read the whole file"))
+    code, _, err = _check(capsys, tmp_path, path)
+    assert_error(code, err, f"model.init: fairseq-pretrain checkpoint {path} does not fit the model", "vs (768")
+    code, out, err = _check(capsys, tmp_path, path, "model.preset=tiny", "model.encoder.max_time_patches=20")
+    assert code in (0, None) and "config ok" in out, err
+
+
+def test_make_pretrain_with_weights_that_do_not_fit_is_one_line_without_torchrun(tiny_export, tmp_path):
+    import subprocess
+    import sys
+
+    from test_bad_inputs import _env
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("/x\na.wav\t16000\n")
+    venv = Path(sys.executable).parent.parent
+    proc = subprocess.run(["make", "-s", "-o", str(venv / ".installed-stamp"), "pretrain", f"VENV={venv}",
+                           f"INIT={tiny_export}", f"ARGS=data.train_manifest={manifest} train.out_dir={tmp_path / 'r'}"],
+                          capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr + proc.stdout
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "does not fit the model" in errors[0], proc.stderr

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,6 +31,59 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_MAX_BAD_CLIPS = 10
+AUTO_WORKERS_MAX = 8  # "auto" loader workers never exceed this (what the official recipes use per GPU)
+_said: set[str] = set()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (``os.sched_getaffinity``: a job scheduler's or taskset's share,
+    not the machine's ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(requested: int | str, key: str = "data.num_workers", ceiling: int = AUTO_WORKERS_MAX) -> int:
+    """Loader worker processes for a ``num_workers`` setting.
+
+    ``"auto"`` (the recipes' setting): one per core this process may use (:func:`available_cores`, divided
+    among the ranks of this machine, ``LOCAL_WORLD_SIZE``), at most ``ceiling``; said once, in one line. A
+    number is the user's choice and is kept; when it is more than the cores, one line says so (PyTorch's
+    own "suggested max number of worker" warning is not shown, see :func:`quiet_dataloader`).
+    """
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    cores = max(1, available_cores() // ranks)
+    share = f"{available_cores()} CPU core(s) for {ranks} process(es) here" if ranks > 1 else \
+        f"{cores} CPU core(s) available to this process"
+    if requested == "auto":
+        n = min(ceiling, cores)
+        _say_once(logging.INFO, f"{key}=auto: {n} loader worker process(es) ({share})")
+        return n
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        from eat.config import ConfigError
+
+        raise ConfigError(f"{key}: expected a whole number >= 0 or auto, got {requested!r}")
+    if requested > cores:
+        _say_once(logging.WARNING, f"note: {key}={requested} loader worker processes, more than the {share}; "
+                                   f"kept as set ({key}=auto sizes it to the machine)")
+    return requested
+
+
+def _say_once(level: int, message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.log(level, message)
+
+
+def quiet_dataloader(*args: Any, **kwargs: Any) -> DataLoader:
+    """``torch.utils.data.DataLoader(*args, **kwargs)`` without PyTorch's "suggested max number of worker"
+    warning (printed at construction and at every new iterator): :func:`resolve_workers` has said it once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*suggested max number of worker")
+        loader = DataLoader(*args, **kwargs)
+    loader.check_worker_number_rationality = lambda: None  # type: ignore[method-assign]
+    return loader
 
 
 class BadDataError(RuntimeError):
@@ -259,15 +314,15 @@ class SkippingLoader:
         self.sampler.load_state_dict(state)
 
 
-def check_loader_config(batch_size: int, num_workers: int, prefetch_factor: int, max_bad_fraction: float,
+def check_loader_config(batch_size: int, num_workers: int | str, prefetch_factor: int, max_bad_fraction: float,
                         section: str = "data", max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS) -> None:
     """Refuse loader settings no run can use, naming the ``<section>.<key>`` (a ``ConfigError``)."""
     from eat.config import ConfigError
 
     if batch_size < 1:
         raise ConfigError(f"{section}.batch_size: must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ConfigError(f"{section}.num_workers: must be >= 0, got {num_workers}")
+    if num_workers != "auto" and num_workers < 0:
+        raise ConfigError(f"{section}.num_workers: must be >= 0 or auto, got {num_workers}")
     if prefetch_factor < 1:
         raise ConfigError(f"{section}.prefetch_factor: must be >= 1, got {prefetch_factor}")
     if not 0.0 <= max_bad_fraction <= 1.0:
@@ -292,7 +347,7 @@ def build_loader(
     dataset: Any,
     sampler: Sampler,
     batch_size: int,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     train: bool = True,
     pin_memory: bool | None = None,
     prefetch_factor: int | None = None,
@@ -305,15 +360,15 @@ def build_loader(
     Defaults: pinned memory when CUDA is available, persistent workers when ``num_workers > 0`` (which
     ignore preemption signals, see :func:`ignore_preemption_signals`),
     incomplete last batch dropped for training (kept for evaluation), ``max_bad_fraction`` from the
-    dataset (the bad-clip policy: :func:`bad_clip_allowance`).
+    dataset (the bad-clip policy: :func:`bad_clip_allowance`). ``num_workers="auto"`` sizes the workers to
+    the cores (:func:`resolve_workers`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    num_workers = resolve_workers(num_workers, f"{limit_name.rsplit('.', 1)[0]}.num_workers")
     if num_workers > 0 and prefetch_factor is not None and prefetch_factor < 1:
         raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
-    loader = DataLoader(
+    loader = quiet_dataloader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,

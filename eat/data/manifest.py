@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from eat.config import read_text
+
 
 class ManifestError(ValueError):
     """A manifest or label file is missing or malformed; the message names the file and line."""
@@ -303,14 +305,7 @@ def _infer_multi(items: list[LabelledItem], multi_label: bool | None) -> bool:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
+    return read_text(path, ManifestError)
 
 
 def _read_lines(path: Path) -> list[str]:

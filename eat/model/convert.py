@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -490,11 +491,12 @@ def to_official(
 
 
 # ---------------------------------------------------------------------------------------------- files
-def load_official(path: str | Path) -> Converted:
+def load_official(path: str | Path, shapes_only: bool = False) -> Converted:
     """Read and convert an official checkpoint file or a Hugging Face snapshot directory.
 
     A directory must hold ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``; a
-    ``.safetensors`` file uses the ``config.json`` next to it.
+    ``.safetensors`` file uses the ``config.json`` next to it. ``shapes_only``: the tensors are meta
+    tensors read from the file's header (:func:`read_tensor_file`), for checking shapes cheaply.
     """
     path = Path(path)
     if not path.exists():
@@ -510,14 +512,12 @@ def load_official(path: str | Path) -> Converted:
     if cfg_file.exists():
         hf_cfg = read_json(cfg_file, ConversionError)  # checked field by field where it is used (_from_hf)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            checkpoint = load_file(str(path))
+            checkpoint = read_tensor_file(path, shapes_only)
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
     else:
-        checkpoint = _torch_load(path)
+        checkpoint = _torch_load(path, shapes_only)
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path}: expected a dict, found a {type(checkpoint).__name__}")
     try:
@@ -540,9 +540,71 @@ def _load_failure_reason(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _torch_load(path: Path) -> Any:
-    try:
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled magic number of torch.save's old format
+
+
+def load_weights_only(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warning about the pickle
+    protocol of a file it is about to refuse (the caller's one-line error says what is wrong). Raises
+    what ``torch.load`` raises; :func:`weights_only_failure` turns that into a reason."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pickle protocol")
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def to_meta(obj: Any) -> Any:
+    """``obj`` with every tensor replaced by an empty one of the same shape and dtype on the meta device
+    (nested dicts and lists followed): what a shape check needs, without the numbers."""
+    if isinstance(obj, Tensor):
+        return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
+    if isinstance(obj, dict):
+        return {k: to_meta(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_meta(v) for v in obj)
+    return obj
+
+
+def read_tensor_file(path: str | Path, shapes_only: bool = False) -> Any:
+    """A ``.safetensors`` file (a dict of tensors) or a ``torch.save`` file (weights only). With
+    ``shapes_only`` the numbers are not read: safetensors gives its header, a torch file is memory-mapped
+    (its tensors are never touched), and the result holds meta tensors (:func:`to_meta`)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        if not shapes_only:
+            return load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    if not shapes_only:
+        return load_weights_only(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
+            return to_meta(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # the old (non-zip) format cannot be memory-mapped: read it whole
+            raise
+        return to_meta(load_weights_only(path))
+
+
+def weights_only_failure(path: str | Path, error: Exception) -> str:
+    """Why :func:`load_weights_only` could not read ``path``, in one line: a plain ``pickle.dump`` file
+    (not ``torch.save`` output) is named as such, otherwise the unpickler's own reason."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+    except OSError:
+        head = b""
+    if head[:1] == b"\x80" and head != _LEGACY_TORCH_MAGIC:
+        return "a plain Python pickle (pickle.dump), not a torch.save file; save the tensors with torch.save"
+    return _load_failure_reason(error)
+
+
+def _torch_load(path: Path, shapes_only: bool = False) -> Any:
+    try:
+        return read_tensor_file(path, shapes_only)
     except Exception as e:
         unsafe = []
         try:
@@ -550,7 +612,8 @@ def _torch_load(path: Path) -> Any:
         except Exception:
             pass
         if not unsafe:
-            raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({_load_failure_reason(e)})") from None
+            raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({weights_only_failure(path, e)})") \
+                from None
         raise ConversionError(
             f"{path}: refusing to unpickle {', '.join(unsafe)} (torch.load weights_only=True). If you trust "
             "this file, re-save it with plain contents, e.g. ck = torch.load(path, weights_only=False); "

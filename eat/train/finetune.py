@@ -172,10 +172,13 @@ def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(p)
+    from eat.model.convert import load_weights_only, weights_only_failure
+
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = load_weights_only(p)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal or corruption is a bad user file
-        raise ConfigError(f"model.imagenet: {p} is not a weights-only torch file ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"model.imagenet: {p}: not a weights-only torch file ({weights_only_failure(p, e)})") \
+            from None
     return obj.get("model", obj) if isinstance(obj, dict) else obj
 
 

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from eat.config import ConfigError, from_dict, load_config, to_dict
 from eat.data import BadDataError, ManifestError, MaskConfig, PretrainDataset, ResumableDistributedSampler
 from eat.data import build_loader as build_data_loader
 from eat.data.batch import Batch, model_input
-from eat.data.loaders import SkippingLoader, check_loader_config
+from eat.data.loaders import SkippingLoader, check_loader_config, resolve_workers
 from eat.data.shards import ShardPretrainDataset, ShardSampler
 from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.model.vit import EncoderConfig
@@ -80,7 +81,9 @@ class DataConfig:
     train_shards: str = ""  # shard folder (or its index.json) from tools/make_shards.py, for format=shards
     shard_window: int = 4096  # shuffle window (clips) of the shard order (format=shards; docs/design.md)
     batch_size: int = 12  # clips per device per micro-batch
-    num_workers: int = 8  # loader worker processes per device; they decode audio and make the masks
+    # loader worker processes per device (they decode audio and make the masks); auto: one per core this
+    # process may use, at most 8 (eat.data.loaders.resolve_workers); a number is kept as set
+    num_workers: int | Literal["auto"] = "auto"
     prefetch_factor: int = 4  # batches each worker prepares ahead
     fbank_on_device: bool = False  # workers return waveforms; the fbank runs batched on the device
     norm: Literal["audioset", "esc50", "spc2"] = "audioset"  # normalisation statistics (a recipe's preset)
@@ -178,8 +181,9 @@ class InitWeights:
     decoder: dict[str, Tensor] | None = None
 
 
-def load_init(path: str | Path) -> InitWeights:
+def load_init(path: str | Path, shapes_only: bool = False) -> InitWeights:
     """Read pretrained weights for ``model.init``; any problem is a one-line :class:`ConfigError`.
+    ``shapes_only``: meta tensors from the files' headers (what ``--check`` compares with the model).
 
     Accepted: an official EAT pretraining checkpoint (fairseq ``.pt`` with the nested ``_ema`` teacher and
     the decoder, or a Hugging Face snapshot / ``.safetensors`` with its ``config.json``: encoder only); one
@@ -188,10 +192,9 @@ def load_init(path: str | Path) -> InitWeights:
     gives its encoder (the head is dropped).
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     from eat.export import ExportError, find_checkpoint, is_export_dir, read_export
-    from eat.model.convert import ConversionError, load_official
+    from eat.model.convert import ConversionError, load_official, read_tensor_file
     from eat.train.checkpoint import MODEL_FILE, CheckpointError
 
     p = Path(path)
@@ -199,12 +202,12 @@ def load_init(path: str | Path) -> InitWeights:
         raise ConfigError(f"model.init: {p}: no such file or directory")
     try:
         if is_export_dir(p):
-            _, tensors = read_export(p)
+            _, tensors = read_export(p, shapes_only)
             student = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
             return InitWeights(f"exported encoder {p}", student)
         step = find_checkpoint(p)
         if step is not None:
-            state = load_file(step / MODEL_FILE)
+            state = read_tensor_file(step / MODEL_FILE, shapes_only)
             parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")}
                      for name in ("student", "teacher", "decoder")}
             if not parts["student"]:
@@ -212,12 +215,12 @@ def load_init(path: str | Path) -> InitWeights:
                                   "for a fine-tuned model export it and pass the export directory")
             return InitWeights(f"checkpoint {step}", parts["student"], parts["teacher"] or None,
                                parts["decoder"] or None)
-        conv = load_official(p)
+        conv = load_official(p, shapes_only)
     except (ConversionError, ExportError, CheckpointError) as e:
         raise ConfigError(f"model.init: {e}") from None
     except (SafetensorError, OSError) as e:
         raise ConfigError(f"model.init: {p}: unreadable ({str(e).splitlines()[0]})") from None
-    if conv.head is not None:
+    if conv.head is not None and not shapes_only:
         log.warning("model.init: %s is a fine-tuned checkpoint; starting from its encoder (head dropped)", p)
     return InitWeights(f"{conv.source_format} checkpoint {p}", conv.encoder, conv.teacher, conv.decoder)
 
@@ -247,14 +250,10 @@ def _mismatches(part: str, tensors: dict[str, Tensor], expected: dict[str, Tenso
     return problems
 
 
-def apply_init(model: EATModel, weights: InitWeights, preset: str = "") -> None:
-    """Load ``weights`` into ``model``: the student; the teacher from the EMA weights when there are
-    some, else a copy of the student; the decoder when there is one, else it keeps its fresh random
-    weights (with a warning). Positional tables are sliced to the model (:func:`fit_positions`).
-
-    Every tensor is checked before anything is loaded; a mismatch is one :class:`ConfigError` line listing
-    the first mismatching keys with their shapes (file vs model).
-    """
+def fit_init(model: EATModel, weights: InitWeights, preset: str = "") -> dict[str, dict[str, Tensor]]:
+    """The tensors of ``weights`` for each part of ``model`` (positional tables sliced, :func:`fit_positions`),
+    checked against its shapes: a mismatch is one :class:`ConfigError` line listing the first mismatching
+    keys (file vs model). Works on meta tensors and a model built on the meta device (``--check``)."""
     freq = model.student.num_freq_patches
     parts = {"student": (model.student, weights.student),
              "teacher": (model.teacher, weights.teacher if weights.teacher is not None else weights.student)}
@@ -270,9 +269,33 @@ def apply_init(model: EATModel, weights: InitWeights, preset: str = "") -> None:
         arch = f"model.preset={preset} and " if preset else ""
         raise ConfigError(f"model.init: {weights.source} does not fit the model ({shown}; shapes are file vs "
                           f"model): set {arch}model.encoder.* to the checkpoint's architecture")
+    return fitted
+
+
+def check_init(cfg: PretrainConfig) -> None:
+    """Refuse ``model.init`` weights that do not fit the configured model, reading only their shapes (file
+    headers / a memory map, and the model built on the meta device): what ``--check`` runs before torchrun
+    starts ranks, so a mismatch is one line there instead of a rank's error plus torchrun's traceback."""
+    init = init_path(cfg.model)
+    if not init:
+        return
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+        model = EATModel(accumulation_aware(resolve_model(cfg.model), cfg.train.grad_accum))
+    fit_init(model, load_init(init, shapes_only=True), str(cfg.model.get("preset", "base")))
+
+
+def apply_init(model: EATModel, weights: InitWeights, preset: str = "") -> None:
+    """Load ``weights`` into ``model``: the student; the teacher from the EMA weights when there are
+    some, else a copy of the student; the decoder when there is one, else it keeps its fresh random
+    weights (with a warning). Positional tables are sliced to the model (:func:`fit_positions`).
+
+    Every tensor is checked before anything is loaded (:func:`fit_init`).
+    """
+    fitted = fit_init(model, weights, preset)
     with torch.no_grad():
-        for name, (module, _) in parts.items():
-            module.load_state_dict(fitted[name])
+        for name, tensors in fitted.items():
+            getattr(model, name).load_state_dict(tensors)
     if weights.decoder is None:
         log.warning("model.init: %s has no decoder; the decoder starts from random weights", weights.source)
     if weights.teacher is None:
@@ -318,7 +341,7 @@ def build_loader(cfg: PretrainConfig, model_cfg: EATConfig, model: EATModel,
                                               seed=cfg.train.seed)
     loader = build_data_loader(dataset, sampler, data.batch_size, num_workers=data.num_workers,
                                pin_memory=env.device.type == "cuda",
-                               prefetch_factor=data.prefetch_factor if data.num_workers > 0 else None,
+                               prefetch_factor=data.prefetch_factor,
                                max_bad_clips=data.max_bad_clips)
     return loader, frontend
 
@@ -362,8 +385,9 @@ def resolved_config(cfg: PretrainConfig, model_cfg: EATConfig) -> dict[str, Any]
     return resolved
 
 
-def check_config(cfg: PretrainConfig) -> None:
-    """Every value a run would refuse later, refused now (``--check`` runs this before torchrun starts ranks)."""
+def check_config(cfg: PretrainConfig, check_weights: bool = False) -> None:
+    """Every value a run would refuse later, refused now (``--check`` runs this before torchrun starts ranks);
+    ``check_weights``: also whether ``model.init``'s tensors fit the model (:func:`check_init`, shapes only)."""
     resolve_model(cfg.model)
     check_train_config(cfg.train)
     check_loader_config(cfg.data.batch_size, cfg.data.num_workers, cfg.data.prefetch_factor,
@@ -382,6 +406,8 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ManifestError(f"training manifest not found: {cfg.data.train_manifest}")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda, but CUDA is not available here (use train.device=cpu or auto)")
+    if check_weights:
+        check_init(cfg)
 
 
 def run(cfg: PretrainConfig) -> int:
@@ -527,6 +553,7 @@ def prepare_own_data(audio_dir: str | Path, out_dir: str | Path, max_target_leng
     length, explanation = choose_target_length(frames, max_target_length, requested=target_length,
                                                frame_shift_ms=frontend.frame_shift_ms)
     stats, skipped = compute_stats([src / good[i][0] for i in picked], frontend, length, workers=workers,
+                                   workers_key="data.num_workers",
                                    seed=seed, progress=progress)
     if stats.count == 0:
         raise ConfigError(f"{audio_dir}: none of the clips could be decoded for the normalisation statistics "
@@ -554,6 +581,6 @@ def own_data_overrides(config: str | Path | None, overrides: list[str], audio_di
     given = any(o.split("=", 1)[0].strip() == "model.encoder.target_length" for o in overrides)
     data = prepare_own_data(audio_dir, Path(cfg.train.out_dir) / "data", max_target_length=enc.target_length,
                             target_length=enc.target_length if given else None, seed=cfg.train.seed,
-                            num_mel_bins=enc.num_mel_bins, workers=max(1, cfg.data.num_workers),
+                            num_mel_bins=enc.num_mel_bins, workers=resolve_workers(cfg.data.num_workers),
                             progress=progress, reuse_only=world_size > 1)
     return data.overrides() + list(overrides), data
