@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
-from test_bad_inputs import TOOLS, assert_error, run_main
+from test_bad_inputs import TOOLS, Script, assert_error, run_main
 from test_parity_official import official_checkpoint
 
 from eat.config import ConfigError
@@ -390,3 +390,63 @@ def test_make_pretrain_with_weights_that_do_not_fit_is_one_line_without_torchrun
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr + proc.stdout
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "does not fit the model" in errors[0], proc.stderr
+
+
+# --------------------------------------------------------- found by running every tool with wrong-shaped input
+
+
+@pytest.mark.parametrize("content, needles", [
+    (b"[1, 2]", ("no 'tasks' object",)), (b'"x"', ("no 'tasks' object",)), (b"", ("not valid JSON",)),
+    (b'{"tasks": {"esc50": {"rows": [{"source": "a"}]}}}', ("tasks.esc50.rows[0]", "missing key 'layers'")),
+    (b'{"tasks": {"esc50": {"rows": [{"source": "a", "layers": "-1", "pooling": "cls", "score": "high", "dim": 8, '
+     b'"weight_decay": 0}]}}}', ("tasks.esc50.rows[0].score", "expected a number")),
+])
+@pytest.mark.parametrize("tool", ["plot_probe_curve", "probe_protocol"])
+def test_probe_json_readers_name_the_file_and_entry(tmp_path, capsys, tool, content, needles):
+    path = tmp_path / "probe.json"
+    path.write_bytes(content)
+    argv = ["--probe", path] if tool == "plot_probe_curve" else ["--summarize", path]
+    code, _, err = run_main(Script(ROOT / "tools" / f"{tool}.py").main, argv, capsys)
+    assert_error(code, err, str(path), *needles)
+
+
+@pytest.mark.parametrize("size", ["inf", "nan", "-1", "0"])
+def test_make_shards_shard_size_must_be_a_positive_number(tmp_path, capsys, size):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"{tmp_path}\na.wav\t16000\n")
+    code, _, err = run_main(Script(ROOT / "tools" / "make_shards.py").main, [manifest, tmp_path / "out", "--shard-size", size], capsys)
+    assert_error(code, err, "--shard-size", "positive")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world\n", b"[1, 2, 3]\n", b"\x80\x04\x95\x0b"])
+def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path, capsys, content):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    code, _, err = run_main(TOOLS["convert_official"].main, [path, tmp_path / "out"], capsys)
+    message = assert_error(code, err, str(path), "not a readable PyTorch checkpoint")
+    assert any(s in message for s in ("empty file", "not a torch.save file (it starts with", "a plain Python pickle"))
+    assert "Unsupported operand" not in message and "UserWarning" not in err
+
+
+def test_extract_features_fails_when_no_clip_could_be_read(tmp_path, capsys):
+    from eat.audio.fbank import FrontendConfig
+    from eat.export import save_export
+    from eat.model.eat import eat_config
+    from eat.model.vit import Encoder
+
+    cfg = eat_config("tiny").encoder
+    enc = save_export(tmp_path / "e", cfg, Encoder(cfg).state_dict(), FrontendConfig(target_length=256))
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"{tmp_path}\ngone.wav\t16000\n")
+    code, _, err = run_main(TOOLS["extract_features"].main, ["--encoder", enc, "--manifest", manifest, "--out",
+                                                             tmp_path / "f", "--workers", 0], capsys)
+    assert_error(code, err, str(manifest), "none of the 1 clips could be read", "gone.wav")
+
+
+def test_dataset_folders_that_are_files_say_so(tmp_path, capsys):
+    file = tmp_path / "a_file"
+    file.write_text("x")
+    for tool, needle in (("prepare_esc50", "a file, not the ESC-50 folder"),
+                         ("prepare_spc2", "a file, not the Speech Commands v2 folder")):
+        code, _, err = run_main(TOOLS[tool].main, [file, tmp_path / "out"], capsys)
+        assert_error(code, err, str(file), needle)

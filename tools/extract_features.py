@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         index = run(args)
     except (ToolError, ExportError, ManifestError, ValueError) as e:
         sys.exit(f"error: {e}")
+    if index["num_embedded"] == 0:
+        path, reason = index["bad"][0]
+        sys.exit(f"error: {args.manifest}: none of the {index['num_bad']} clips could be read (first: {path}: {reason})")
     print(f"embedded {index['num_embedded']} clips into {len(index['shards'])} shard(s) under {args.out}; "
           f"{index['num_bad']} unreadable file(s) skipped")
     for path, reason in index["bad"][:5]:

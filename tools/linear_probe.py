@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def load_npz(path: Path, role: str = "training") -> tuple[np.ndarray, np.ndarray
             if "x" not in data or "y" not in data:
                 raise ToolError(f"{path}: needs arrays 'x' (features) and 'y' (labels), found {', '.join(data.files)}")
             x, y = data["x"], data["y"]
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ToolError(f"{path}: not a readable .npz file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
             from None
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype.kind not in "fiu":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from eat.cli import UsageError, check_workers, cli_main
+from eat.cli import UsageError, about, check_workers, cli_main
 from eat.data.loaders import available_cores
 from eat.data.manifest import ManifestError, read_ast_json, read_eat_labels, read_path_label_csv
 from eat.data.shards import (
@@ -36,6 +36,8 @@ from eat.data.shards import (
 def load_clips(args: argparse.Namespace):
     """(clips, class names or None, multi_label) from the input file and label options."""
     src: Path = args.source
+    if not src.is_file():
+        raise ManifestError(f"{src}: {'is a folder, not a clip list' if src.is_dir() else 'no such file'}")
     suffix = src.suffix.lower()
     if suffix == ".tsv":
         if args.labels:
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.clips_per_shard < 0 or args.sample_rate <= 0:
         raise UsageError("--clips-per-shard must be >= 0 and --sample-rate > 0")
-    target = parse_size(args.shard_size)
+    with about("--shard-size"):
+        target = parse_size(args.shard_size)
     clips, classes, multi = load_clips(args)
     try:
         result = write_shards(clips, args.out_dir, args.audio, args.sample_rate, target, args.clips_per_shard,

@@ -44,6 +44,7 @@ from eat.eval.protocol import (
     initial_weights,
     logmel_embeddings,
     parse_layers,
+    read_probe_json,
     seed_summary,
     select_on_validation,
 )
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.summarize:
         try:
-            docs = [json.loads(p.read_text()) for p in args.summarize]
+            docs = [read_probe_json(p) for p in args.summarize]
             cell = None
             if args.cell:
                 layers, _, pooling = args.cell.partition("/")

@@ -216,6 +216,8 @@ def read_esc50(root: str | Path, folds: Iterable[int] | None = None, audio_dir: 
     shares one index space. Single-label.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ManifestError(f"{root}: a file, not the ESC-50 folder (which holds meta/esc50.csv and audio/)")
     csv_path = root / "meta" / "esc50.csv"
     rows = list(_read_csv_rows(csv_path))
     if not rows:

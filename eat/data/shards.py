@@ -183,8 +183,8 @@ def parse_size(text: str) -> int:
         value = float(t[:-1] if scale > 1 else t)
     except ValueError:
         raise ValueError(f"cannot read size {text!r} (use e.g. 1G, 500M or bytes)") from None
-    if value <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"size must be a positive number of bytes, got {text!r}")
     return int(value * scale)
 
 

@@ -590,16 +590,24 @@ def read_tensor_file(path: str | Path, shapes_only: bool = False) -> Any:
 
 
 def weights_only_failure(path: str | Path, error: Exception) -> str:
-    """Why :func:`load_weights_only` could not read ``path``, in one line: a plain ``pickle.dump`` file
-    (not ``torch.save`` output) is named as such, otherwise the unpickler's own reason."""
+    """Why :func:`load_weights_only` could not read ``path``, in one line. The file's first bytes say what
+    it is: empty, a plain ``pickle.dump`` file (not ``torch.save`` output), a damaged ``torch.save`` zip
+    archive, or something else entirely; otherwise the unpickler's own reason."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(_LEGACY_TORCH_MAGIC))
-    except OSError:
-        head = b""
+    except OSError as e:
+        return e.strerror or str(e)
+    if not head:
+        return "empty file"
     if head[:1] == b"\x80" and head != _LEGACY_TORCH_MAGIC:
         return "a plain Python pickle (pickle.dump), not a torch.save file; save the tensors with torch.save"
-    return _load_failure_reason(error)
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        return f"not a torch.save file (it starts with {head[:8]!r})"
+    reason = _load_failure_reason(error)
+    if head[:2] == b"PK" and "zip archive" in reason:
+        return f"a damaged zip archive ({reason.split('. ')[0]})"
+    return reason
 
 
 def _torch_load(path: Path, shapes_only: bool = False) -> Any:

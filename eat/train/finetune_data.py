@@ -129,7 +129,8 @@ def read_speech_commands(root: str | Path, split: Literal["train", "valid", "tes
     """One split of a Speech Commands v2 folder (the official list files decide valid/test)."""
     root = Path(root)
     if not root.is_dir():
-        raise ManifestError(f"{root}: Speech Commands root not found")
+        raise ManifestError(f"{root}: {'a file, not' if root.exists() else 'not found:'} the Speech Commands v2 "
+                            "folder (word folders + validation_list.txt, testing_list.txt)")
     words = speech_commands_classes(root)
     index = {w: i for i, w in enumerate(words)}
     lists = {}
