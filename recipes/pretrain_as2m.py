@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.prepare_only:
                 return
         cfg = load_config(PretrainConfig, args.config, overrides)
-        check_config(cfg, check_weights=args.check)
+        check_config(cfg, deep=args.check)
         if args.check:
             print(f"config ok: {args.config or '(defaults)'} with {len(overrides)} override(s)")
             return

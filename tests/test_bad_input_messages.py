@@ -450,3 +450,34 @@ def test_dataset_folders_that_are_files_say_so(tmp_path, capsys):
                          ("prepare_spc2", "a file, not the Speech Commands v2 folder")):
         code, _, err = run_main(TOOLS[tool].main, [file, tmp_path / "out"], capsys)
         assert_error(code, err, str(file), needle)
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("model.ema_decay=nan", ("ema_decay", "[0, 1]")), ("model.ema_end_decay=2", ("ema_end_decay",)),
+    ("model.decoder_dim=-1", ("decoder_dim", ">= 1")), ("model.decoder_groups=5", ("decoder_groups 5",)),
+    ("model.mask_noise_std=inf", ("mask_noise_std",)), ("data.norm_mean=nan", ("norm_mean",)),
+    ("data.norm_std=0", ("norm_std",)), ("model.encoder.num_heads=0", ("model.encoder", "num_heads: must be >= 1")),
+    ("model.encoder.mlp_ratio=-1", ("mlp_ratio",)), ("data.max_bad_clips=-1", ("data.max_bad_clips",)),
+])
+def test_check_refuses_values_that_would_train_silently_wrong(tmp_path, capsys, override, needles):
+    from test_bad_inputs import PRETRAIN
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("/x\na.wav\t16000\n")
+    extra = ["data.norm_std=1"] if override.startswith("data.norm_mean") else \
+        ["data.norm_mean=0"] if override.startswith("data.norm_std") else []
+    code, _, err = run_main(PRETRAIN.main, ["--check", "--config", ROOT / "recipes/configs/tiny.yaml",
+                                            f"data.train_manifest={manifest}", override, *extra], capsys)
+    assert_error(code, err, *needles)
+
+
+@pytest.mark.parametrize("content, needles", [("", ("empty manifest",)), ("/x\n", ("lists no clips",)),
+                                              ("/x\na.wav\t1\textra\n", ("3 tab-separated columns",))])
+def test_check_reads_the_manifest(tmp_path, capsys, content, needles):
+    from test_bad_inputs import PRETRAIN
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(content)
+    code, _, err = run_main(PRETRAIN.main, ["--check", "--config", ROOT / "recipes/configs/tiny.yaml",
+                                            f"data.train_manifest={manifest}"], capsys)
+    assert_error(code, err, str(manifest), *needles)

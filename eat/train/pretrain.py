@@ -47,7 +47,8 @@ from eat.data import BadDataError, ManifestError, MaskConfig, PretrainDataset, R
 from eat.data import build_loader as build_data_loader
 from eat.data.batch import Batch, model_input
 from eat.data.loaders import SkippingLoader, check_loader_config, resolve_workers
-from eat.data.shards import ShardPretrainDataset, ShardSampler
+from eat.data.manifest import read_manifest
+from eat.data.shards import ShardPretrainDataset, ShardSampler, ShardSet
 from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.model.vit import EncoderConfig
 from eat.train.checkpoint import CheckpointError
@@ -385,10 +386,11 @@ def resolved_config(cfg: PretrainConfig, model_cfg: EATConfig) -> dict[str, Any]
     return resolved
 
 
-def check_config(cfg: PretrainConfig, check_weights: bool = False) -> None:
+def check_config(cfg: PretrainConfig, deep: bool = False) -> None:
     """Every value a run would refuse later, refused now (``--check`` runs this before torchrun starts ranks);
-    ``check_weights``: also whether ``model.init``'s tensors fit the model (:func:`check_init`, shapes only)."""
-    resolve_model(cfg.model)
+    ``deep`` (``--check``): also read the manifest (or the shard index) and whether ``model.init``'s tensors
+    fit the model (:func:`check_init`, shapes only), which a run does on every rank anyway."""
+    frontend_for(cfg.data, resolve_model(cfg.model))
     check_train_config(cfg.train)
     check_loader_config(cfg.data.batch_size, cfg.data.num_workers, cfg.data.prefetch_factor,
                         cfg.data.max_bad_fraction, max_bad_clips=cfg.data.max_bad_clips)
@@ -399,14 +401,19 @@ def check_config(cfg: PretrainConfig, check_weights: bool = False) -> None:
             raise ConfigError("data.train_shards is not set (pass data.train_shards=/path/to/shards with "
                               "data.format=shards)")
         if not Path(cfg.data.train_shards).exists():
-            raise ManifestError(f"training shards not found: {cfg.data.train_shards}")
+            raise ManifestError(f"data.train_shards: {cfg.data.train_shards}: no such folder")
     elif not cfg.data.train_manifest:
         raise ConfigError("data.train_manifest is not set (pass data.train_manifest=/path/to/train.tsv)")
     elif not Path(cfg.data.train_manifest).is_file():
-        raise ManifestError(f"training manifest not found: {cfg.data.train_manifest}")
+        what = "is a folder, not a manifest" if Path(cfg.data.train_manifest).is_dir() else "no such file"
+        raise ManifestError(f"data.train_manifest: {cfg.data.train_manifest}: {what}")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda, but CUDA is not available here (use train.device=cpu or auto)")
-    if check_weights:
+    if deep:
+        source = cfg.data.train_shards if cfg.data.format == "shards" else cfg.data.train_manifest
+        clips = len(ShardSet(source) if cfg.data.format == "shards" else read_manifest(source))
+        if clips == 0:
+            raise ManifestError(f"{source}: lists no clips")
         check_init(cfg)
 
 
