@@ -481,3 +481,11 @@ def test_check_reads_the_manifest(tmp_path, capsys, content, needles):
     code, _, err = run_main(PRETRAIN.main, ["--check", "--config", ROOT / "recipes/configs/tiny.yaml",
                                             f"data.train_manifest={manifest}"], capsys)
     assert_error(code, err, str(manifest), *needles)
+
+
+@pytest.mark.parametrize("argv, needles", [(["--workers", "-1"], ("--workers",)), (["--threads", "0"], ("--threads",)),
+                                           (["--device", "bogus"], ("--device", "'bogus'"))])
+def test_bench_frontend_refuses_bad_counts_before_measuring(capsys, argv, needles):
+    code, out, err = run_main(TOOLS["bench_frontend"].main, argv, capsys)
+    assert_error(code, err, *needles)
+    assert "(a) fbank" not in out
