@@ -489,3 +489,12 @@ def test_bench_frontend_refuses_bad_counts_before_measuring(capsys, argv, needle
     code, out, err = run_main(TOOLS["bench_frontend"].main, argv, capsys)
     assert_error(code, err, *needles)
     assert "(a) fbank" not in out
+
+
+def test_finetune_task_with_a_config_that_sets_no_format_says_so(tmp_path, capsys):
+    from test_bad_inputs import FINETUNE
+
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    code, _, err = run_main(FINETUNE.main, ["--task", "generic", "--config", config, "--out", tmp_path / "o"], capsys)
+    assert_error(code, err, "data.format is esc50", str(config), "only --task esc50")
