@@ -524,7 +524,7 @@ def prepare_own_data(audio_dir: str | Path, out_dir: str | Path, max_target_leng
 
     src, out = Path(audio_dir).resolve(), Path(out_dir)
     if not src.is_dir():
-        raise ConfigError(f"{audio_dir}: not a directory")
+        raise ConfigError(f"--data-dir {audio_dir}: {'a file, not a folder of audio' if Path(audio_dir).exists() else 'no such folder'}")
     settings = {"audio_dir": str(src), "max_target_length": max_target_length, "target_length": target_length,
                 "exts": list(exts), "stats_clips": stats_clips, "seed": seed, "num_mel_bins": num_mel_bins}
     record = out / PREPARED_FILE
