@@ -131,7 +131,7 @@ def read_export(path: str | os.PathLike, shapes_only: bool = False) -> tuple[Exp
     """Parse and check ``config.json`` and read the tensors (safetensors: nothing is unpickled);
     ``shapes_only``: meta tensors from the file's header, for checking shapes cheaply."""
     root = Path(path)
-    if root.is_file() and root.name == CONFIG_FILE:
+    if root.is_file() and root.name in (CONFIG_FILE, WEIGHTS_FILE):  # a file of the export: its folder
         root = root.parent
     if not root.is_dir():
         raise ExportError(f"{root}: not found (expected an export directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -156,6 +156,9 @@ def parse_config(doc: Any, where: str | os.PathLike = CONFIG_FILE) -> ExportConf
     """Check an export's config document; unknown or missing keys raise :class:`ExportError` naming them."""
     if not isinstance(doc, dict):
         raise ExportError(f"{where}: top level must be an object")
+    if "format" not in doc and ("embed_dim" in doc or "model_type" in doc):
+        raise ExportError(f"{where}: a Hugging Face EAT config.json, not an eat export; convert the snapshot first "
+                          "(tools/convert_official.py SNAPSHOT OUT_DIR)")
     unknown = [k for k in doc if k not in TOP_KEYS]
     if unknown:
         raise ExportError(f"{where}: unknown key '{unknown[0]}'; known: {', '.join(TOP_KEYS)}")

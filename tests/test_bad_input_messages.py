@@ -498,3 +498,19 @@ def test_finetune_task_with_a_config_that_sets_no_format_says_so(tmp_path, capsy
     config.write_text("{}\n")
     code, _, err = run_main(FINETUNE.main, ["--task", "generic", "--config", config, "--out", tmp_path / "o"], capsys)
     assert_error(code, err, "data.format is esc50", str(config), "only --task esc50")
+
+
+def test_loading_a_hugging_face_snapshot_as_an_export_says_convert_it(hf_weights, tmp_path, tiny_export):
+    import eat
+    from eat.export import ExportError
+
+    snap = _snapshot(tmp_path, hf_weights, HF_GOOD)
+    with pytest.raises(ExportError, match="a Hugging Face EAT config.json, not an eat export; convert"):
+        eat.load_encoder(snap)
+    assert eat.load_encoder(tiny_export / "model.safetensors").encoder.cfg.embed_dim == 96  # a file of the export
+
+
+@pytest.mark.parametrize("audio, match", [("not audio", "got a str: 'not audio'"), ({"a": 1}, "got a dict")])
+def test_audio_that_is_no_array_says_what_it_got(fx, audio, match):
+    with pytest.raises(ValueError, match=f"not an array of samples \\({match}"):
+        fx.extract_features(audio)
