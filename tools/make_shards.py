@@ -36,8 +36,6 @@ from eat.data.shards import (
 def load_clips(args: argparse.Namespace):
     """(clips, class names or None, multi_label) from the input file and label options."""
     src: Path = args.source
-    if not src.is_file():
-        raise ManifestError(f"{src}: {'is a folder, not a clip list' if src.is_dir() else 'no such file'}")
     suffix = src.suffix.lower()
     if suffix == ".tsv":
         if args.labels:
@@ -53,6 +51,8 @@ def load_clips(args: argparse.Namespace):
     elif suffix == ".csv":
         names = ShardSet(args.classes_from).classes if args.classes_from else None
         labels = read_path_label_csv(src, class_names=names)
+    elif not src.is_file():
+        raise ManifestError(f"{src}: {'is a folder, not a clip list' if src.is_dir() else 'no such file'}")
     else:
         raise ManifestError(f"{src}: unknown input kind {suffix or '(no suffix)'!r}; expected .tsv, .json or .csv")
     return clips_from_labels(labels), labels.class_names, labels.multi_label
