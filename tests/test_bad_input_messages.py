@@ -514,3 +514,13 @@ def test_loading_a_hugging_face_snapshot_as_an_export_says_convert_it(hf_weights
 def test_audio_that_is_no_array_says_what_it_got(fx, audio, match):
     with pytest.raises(ValueError, match=f"not an array of samples \\({match}"):
         fx.extract_features(audio)
+
+
+def test_check_refuses_a_resume_target_that_does_not_exist(tmp_path, capsys):
+    from test_bad_inputs import PRETRAIN
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("/x\na.wav\t16000\n")
+    code, _, err = run_main(PRETRAIN.main, ["--check", "--config", ROOT / "recipes/configs/tiny.yaml",
+                                            f"data.train_manifest={manifest}", "--resume", tmp_path / "nope"], capsys)
+    assert_error(code, err, "train.resume", str(tmp_path / "nope"), "no such run")
