@@ -524,3 +524,64 @@ def test_check_refuses_a_resume_target_that_does_not_exist(tmp_path, capsys):
     code, _, err = run_main(PRETRAIN.main, ["--check", "--config", ROOT / "recipes/configs/tiny.yaml",
                                             f"data.train_manifest={manifest}", "--resume", tmp_path / "nope"], capsys)
     assert_error(code, err, "train.resume", str(tmp_path / "nope"), "no such run")
+
+
+def test_prepare_esc50_error_is_not_printed_onto_its_progress_line(tmp_path):
+    import numpy as np
+    import soundfile
+
+    root = tmp_path / "esc"
+    (root / "meta").mkdir(parents=True)
+    (root / "audio").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for i in range(10):
+        name = f"{1 + i % 5}-{i}-A-0.wav"
+        rows.append(f"{name},{1 + i % 5},{i % 2},c{i % 2},False,{i},A")
+        if i == 6:
+            (root / "audio" / name).write_bytes(b"junk")
+        else:
+            soundfile.write(root / "audio" / name, np.zeros(1600, np.float32), 16000)
+    (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+    import subprocess
+    import sys
+
+    from test_bad_inputs import _env
+
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "prepare_esc50.py"), str(root), str(tmp_path / "o")],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = next(ln for ln in proc.stderr.split("\n") if "error:" in ln)
+    shown = line.rsplit("\r", 1)[-1]  # what a terminal shows: the text after the last carriage return
+    assert shown.startswith("error: ") and "2-6-A-0.wav: cannot decode" in shown, proc.stderr
+
+
+@pytest.mark.parametrize("tool", ["prepare_spc2", "prepare_audioset"])
+def test_prepare_tools_name_non_utf8_files_in_our_words(tmp_path, capsys, tool):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe not utf-8\n")
+    if tool == "prepare_spc2":
+        (tmp_path / "yes").mkdir()
+        (tmp_path / "validation_list.txt").write_bytes(bad.read_bytes())
+        (tmp_path / "testing_list.txt").write_bytes(bad.read_bytes())
+        argv, named = [tmp_path, tmp_path / "out"], tmp_path / "validation_list.txt"
+    else:
+        classes = tmp_path / "classes.csv"
+        classes.write_text("index,mid,display_name\n0,/m/a,A\n")
+        argv, named = [bad, tmp_path, tmp_path / "out", "--class-csv", classes], bad
+    code, _, err = run_main(TOOLS[tool].main, argv, capsys)
+    message = assert_error(code, err, str(named), "not UTF-8 text")
+    assert "codec can't decode" not in message
+
+
+def test_end_progress_bars_ends_an_open_bar_with_a_newline():
+    import io
+
+    from tqdm import tqdm
+
+    from eat.cli import end_progress_bars
+
+    out = io.StringIO()
+    bar = tqdm(total=10, desc="checking clips", file=out, leave=False)
+    bar.update(3)
+    end_progress_bars()  # what cli_main does before printing its error line
+    assert out.getvalue().endswith("\n") and "3/10" in out.getvalue().rsplit("\r", 1)[-1]
