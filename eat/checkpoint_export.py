@@ -80,8 +80,9 @@ def _export_ours(step: Path, out: Path, teacher: bool, preset: str | None, targe
         raise ExportError(f"{step / 'model.safetensors'}: unreadable ({str(e).splitlines()[0]})") from None
     cfg = _read_run_config(step)
     meta: dict[str, Any] = {"source": str(step.resolve()), "step": _step_of(step)}
+    source = f"{step / 'model.safetensors'} (against {_run_config_file(step)})"
     if any(k.startswith("student.") for k in state):
-        return _export_pretrain(step, out, state, cfg, teacher, preset, target_length, meta)
+        return _export_pretrain(step, out, state, cfg, teacher, preset, target_length, meta, source)
     if teacher:
         raise ExportError(f"{step}: only pretraining checkpoints have an EMA teacher; drop --teacher")
     if "classifier.head.weight" in state:  # recipes/finetune.py: FinetuneModel(classifier=...)
@@ -101,12 +102,12 @@ def _export_ours(step: Path, out: Path, teacher: bool, preset: str | None, targe
     head = head_spec(ccfg)
     if class_names is not None:
         head["class_names"] = class_names
-    path = save_export(out, ccfg.encoder, state, frontend, head=head, meta={**meta, "kind": "finetune"})
+    path = save_export(out, ccfg.encoder, state, frontend, head=head, meta={**meta, "kind": "finetune"}, source=source)
     return path, f"fine-tuned classifier ({ccfg.num_classes} classes) from {step}"
 
 
 def _export_pretrain(step: Path, out: Path, state: dict, cfg: dict, teacher: bool, preset: str | None,
-                     target_length: int | None, meta: dict) -> tuple[Path, str]:
+                     target_length: int | None, meta: dict, source: str) -> tuple[Path, str]:
     """recipes/pretrain_as2m.py runs: ``model`` holds the EATConfig (with ``encoder``), ``data.norm`` the
     normalisation preset; the front-end's length is the encoder's."""
     model_cfg = _find_model_config(cfg, step)
@@ -125,7 +126,7 @@ def _export_pretrain(step: Path, out: Path, state: dict, cfg: dict, teacher: boo
     if not sd:
         raise ExportError(f"{step}: the checkpoint has no {part} weights")
     frontend_cfg = _frontend(frontend, preset, target_length, step, enc_cfg.target_length)
-    path = save_export(out, enc_cfg, sd, frontend_cfg, meta={**meta, "kind": f"pretrain-{part}"})
+    path = save_export(out, enc_cfg, sd, frontend_cfg, meta={**meta, "kind": f"pretrain-{part}"}, source=source)
     return path, f"pretraining {part} encoder from {step}"
 
 
@@ -143,17 +144,25 @@ def _finetune_configs(cfg: dict, num_classes: int, step: Path) -> tuple[Classifi
     return classifier.cfg, ft.data.frontend
 
 
+def _run_config_file(step: Path) -> Path | None:
+    """The ``config.yaml`` describing checkpoint ``step``: its own, else its run directory's."""
+    return next((p for p in (step / "config.yaml", step.parent / "config.yaml") if p.is_file()), None)
+
+
 def _read_run_config(step: Path) -> dict:
-    for path in (step / "config.yaml", step.parent / "config.yaml"):
-        if path.is_file():
-            try:
-                cfg = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as e:
-                raise ExportError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-            if not isinstance(cfg, dict):
-                raise ExportError(f"{path}: top level must be a mapping")
-            return cfg
-    raise ExportError(f"{step}: no config.yaml (in the checkpoint or its run directory); cannot tell the encoder's shape")
+    path = _run_config_file(step)
+    if path is None:
+        raise ExportError(f"{step}: no config.yaml (in the checkpoint or its run directory); cannot tell the "
+                          "encoder's shape")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ExportError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ExportError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{path}: top level must be a mapping")
+    return cfg
 
 
 def _find_model_config(cfg: dict, where: Path) -> dict:
@@ -216,10 +225,11 @@ def export_official(src: Path, out: Path, teacher: bool = False, preset: str | N
     if teacher:
         if conv.teacher is None:
             raise ExportError(f"{src}: this {conv.source_format} checkpoint has no EMA teacher (_ema); drop --teacher")
-        path = save_export(out, conv.encoder_cfg, conv.teacher, frontend, meta={**meta, "kind": meta["kind"] + "-teacher"})
+        path = save_export(out, conv.encoder_cfg, conv.teacher, frontend, meta={**meta, "kind": meta["kind"] + "-teacher"},
+                           source=str(src))
         return path, f"EMA teacher of {origin}"
     if conv.head is None:
-        path = save_export(out, conv.encoder_cfg, conv.encoder, frontend, meta=meta)
+        path = save_export(out, conv.encoder_cfg, conv.encoder, frontend, meta=meta, source=str(src))
         return path, f"encoder of {origin} (its student)"
     if class_names is not None and len(class_names) != conv.num_classes:
         raise ExportError(f"{len(class_names)} class names given, the head of {src} has {conv.num_classes} classes")
@@ -227,7 +237,8 @@ def export_official(src: Path, out: Path, teacher: bool = False, preset: str | N
             "head_norm_eps": conv.head_norm_eps or 1e-6}
     if class_names is not None:
         head["class_names"] = class_names
-    path = save_export(out, conv.encoder_cfg, conv.classifier_state_dict(), frontend, head=head, meta=meta)
+    path = save_export(out, conv.encoder_cfg, conv.classifier_state_dict(), frontend, head=head, meta=meta,
+                       source=str(src))
     return path, f"classifier ({conv.num_classes} classes) of {origin}"
 
 

@@ -21,10 +21,11 @@ Ctrl-C ends with ``error: interrupted`` and status 130.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +40,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class UsageError(Exception):
     """A tool's inputs or output folder cannot be used; ``str(err)`` names the file or option."""
+
+
+def check_workers(value: int, option: str = "--workers") -> int:
+    """The check of every tool's ``--workers``: a whole number >= 0, where 0 does the work in the tool's own
+    process (no worker threads or processes); a negative one is a :class:`UsageError` naming the option."""
+    if value < 0:
+        raise UsageError(f"{option}: must be >= 0 (0: no worker threads or processes), got {value}")
+    return value
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -67,9 +76,39 @@ def format_error(err: BaseException) -> str:
     return first
 
 
+@contextlib.contextmanager
+def about(where: str | Path) -> Iterator[None]:
+    """Name ``where`` (a file, an option, ``--a FILE / --b FILE``) in a user error raised inside that does
+    not name it already: ``with about(path): check(read(path))`` turns "features must be (N, D)" into
+    ``<where>: features must be (N, D)``. Bugs (other exception types) pass through untouched."""
+    try:
+        yield
+    except user_errors() as e:
+        message = format_error(e)
+        if str(where) in message:
+            raise
+        raise UsageError(f"{where}: {message}") from None
+
+
 def fail(message: str) -> None:
     """Exit with ``error: <message>`` (one line) and status 1."""
     sys.exit(f"error: {' '.join(message.split())}" if "\n" in message else f"error: {message}")
+
+
+def end_progress_bars() -> None:
+    """Close the progress bars (tqdm) an exception left open, each ending with its last state and a newline,
+    so that the error line that follows is a line of its own, in a terminal and in a log file (an open
+    bar's line ends in ``\r``, and the error was printed onto it)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.leave = True  # where it stopped is part of the story
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
 
 
 def cli_main(fn: F) -> F:
@@ -79,10 +118,16 @@ def cli_main(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except SystemExit as e:
+            if isinstance(e.code, str):  # sys.exit("error: ...") from inside the tool
+                end_progress_bars()
+            raise
         except KeyboardInterrupt:
+            end_progress_bars()
             print("error: interrupted", file=sys.stderr)
             sys.exit(130)
         except user_errors() as e:
+            end_progress_bars()
             fail(format_error(e))
 
     return wrapper  # type: ignore[return-value]

@@ -36,9 +36,9 @@ def to_dict(cfg: Any) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; missing keys keep their defaults, unknown keys raise."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r:.60}")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -48,7 +48,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, _join(prefix, name))
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a check across fields in __post_init__: say which section it is
+        raise ConfigError(f"{prefix}: {e}" if prefix and not str(e).startswith(prefix) else str(e)) from None
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -56,8 +59,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a YAML config file")
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"{path}: config file not found")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
@@ -75,6 +80,51 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"override '{item}' is not of the form key.sub=value")
         _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw != "" else "")
     return from_dict(cls, data)
+
+
+def check_value(tp: Any, value: Any, key: str) -> Any:
+    """``value`` checked and converted as a config field of type ``tp`` would be (same rules as
+    :func:`load_config`); a :class:`ConfigError` names ``key``. For readers of other files' fields."""
+    return _coerce(tp, value, key)
+
+
+def json_type(value: Any) -> str:
+    """How JSON calls the type of a parsed value (for messages about a JSON file)."""
+    for kind, name in ((bool, "true/false"), (dict, "an object"), (list, "an array"), (str, "a string"),
+                       (int, "a number"), (float, "a number")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def read_text(path: str | Path, error: type[Exception] = ConfigError, what: str = "text") -> str:
+    """The UTF-8 text of ``path``; every failure (missing, a folder, unreadable, not UTF-8) is one ``error``
+    naming the file. The one reader of the text files users hand the toolkit (configs, lists, csv)."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not a {what} file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_json(path: str | Path, error: type[Exception] = ConfigError, what: str = "JSON") -> Any:
+    """Parse the JSON file ``path``; every failure (those of :func:`read_text`, not valid JSON) is one
+    ``error`` naming the file."""
+    import json
+
+    text = read_text(path, error, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise error(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def _join(prefix: str, key: str) -> str:

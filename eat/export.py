@@ -40,11 +40,12 @@ from torch import Tensor, nn
 
 from eat import __version__
 from eat.audio.fbank import FrontendConfig
-from eat.config import ConfigError, from_dict, to_dict
+from eat.config import ConfigError, from_dict, read_json, to_dict
 from eat.data.manifest import ManifestError, read_class_csv
 from eat.features import FeatureExtractor
 from eat.model.classifier import Classifier, ClassifierConfig
 from eat.model.vit import Encoder, EncoderConfig
+from eat.utils.device import resolve_device
 
 FORMAT = "eat-encoder"
 FORMAT_VERSION = 1
@@ -78,13 +79,15 @@ def save_export(
     frontend: dict | FrontendConfig,
     head: dict | None = None,
     meta: dict | None = None,
+    source: str | None = None,
 ) -> Path:
     """Write an export directory atomically (a temporary sibling renamed into place); return its path.
 
     ``state_dict`` holds the encoder's tensors, either bare (``blocks.0.attn.qkv.weight``) or prefixed
     ``encoder.``, plus ``fc_norm.*``/``head.*`` when ``head`` is given. Everything is checked against a
     freshly built model before anything is written, and stored as float32. An existing export at
-    ``out_dir`` is replaced; any other existing, non-empty directory is refused.
+    ``out_dir`` is replaced; any other existing, non-empty directory is refused. ``source`` names where the
+    tensors and config came from in messages (default: the state dict for ``out_dir``).
     """
     out = Path(out_dir)
     cfg = ExportConfig(
@@ -98,7 +101,7 @@ def save_export(
     for key, value in state_dict.items():
         name = key if key.startswith(("encoder.", *HEAD_PREFIXES)) else f"encoder.{key}"
         tensors[name] = value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype)
-    _check_tensors(_build_module(cfg), tensors, f"state dict for {out}")
+    _check_tensors(_build_module(cfg), tensors, source or f"state dict for {out}")
     if out.exists() and not _is_export(out) and any(out.iterdir()):
         raise ExportError(f"{out}: exists and is not an eat export; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,10 +127,11 @@ def save_export(
 # ---------------------------------------------------------------------------------------------- load
 
 
-def read_export(path: str | os.PathLike) -> tuple[ExportConfig, dict[str, Tensor]]:
-    """Parse and check ``config.json`` and read the tensors (safetensors: nothing is unpickled)."""
+def read_export(path: str | os.PathLike, shapes_only: bool = False) -> tuple[ExportConfig, dict[str, Tensor]]:
+    """Parse and check ``config.json`` and read the tensors (safetensors: nothing is unpickled);
+    ``shapes_only``: meta tensors from the file's header, for checking shapes cheaply."""
     root = Path(path)
-    if root.is_file() and root.name == CONFIG_FILE:
+    if root.is_file() and root.name in (CONFIG_FILE, WEIGHTS_FILE):  # a file of the export: its folder
         root = root.parent
     if not root.is_dir():
         raise ExportError(f"{root}: not found (expected an export directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -135,13 +139,14 @@ def read_export(path: str | os.PathLike) -> tuple[ExportConfig, dict[str, Tensor
     for f in (cfg_path, weights_path):
         if not f.is_file():
             raise ExportError(f"{f}: missing; is {root} an exported encoder (tools/export_encoder.py)?")
+    cfg = parse_config(read_json(cfg_path, ExportError), cfg_path)
     try:
-        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{cfg_path}: not valid JSON ({e})") from None
-    cfg = parse_config(doc, cfg_path)
-    try:
-        tensors = load_file(weights_path)
+        if shapes_only:
+            from eat.model.convert import read_tensor_file
+
+            tensors = read_tensor_file(weights_path, shapes_only=True)
+        else:
+            tensors = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"{weights_path}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
     return cfg, tensors
@@ -151,6 +156,9 @@ def parse_config(doc: Any, where: str | os.PathLike = CONFIG_FILE) -> ExportConf
     """Check an export's config document; unknown or missing keys raise :class:`ExportError` naming them."""
     if not isinstance(doc, dict):
         raise ExportError(f"{where}: top level must be an object")
+    if "format" not in doc and ("embed_dim" in doc or "model_type" in doc):
+        raise ExportError(f"{where}: a Hugging Face EAT config.json, not an eat export; convert the snapshot first "
+                          "(tools/convert_official.py SNAPSHOT OUT_DIR)")
     unknown = [k for k in doc if k not in TOP_KEYS]
     if unknown:
         raise ExportError(f"{where}: unknown key '{unknown[0]}'; known: {', '.join(TOP_KEYS)}")
@@ -176,6 +184,7 @@ def parse_config(doc: Any, where: str | os.PathLike = CONFIG_FILE) -> ExportConf
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureExtractor:
     """The encoder of an export (a classifier export's head is ignored) as a :class:`FeatureExtractor`
     in eval mode on ``device``."""
+    device = resolve_device(device, "device")
     cfg, tensors = read_export(path)
     encoder = Encoder(cfg.encoder)
     enc_tensors = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
@@ -222,6 +231,7 @@ class AudioClassifier(nn.Module):
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> AudioClassifier:
     """The classifier of an export that has a head, as an :class:`AudioClassifier` in eval mode."""
+    device = resolve_device(device, "device")
     cfg, tensors = read_export(path)
     if cfg.head is None:
         raise ExportError(f"{path}: this export has no classifier head (use load_encoder)")

@@ -179,8 +179,10 @@ class FeatureExtractor(nn.Module):
         cfg = self.frontend
         frames = num_frames(lengths, cfg.sample_rate, cfg.frame_length_ms, cfg.frame_shift_ms)
         if bool((frames <= 0).any()):
-            shortest = int(lengths.min())
-            raise ValueError(f"a clip has {shortest} samples, fewer than one {cfg.frame_length_ms} ms frame")
+            i = int(torch.nonzero(frames <= 0)[0])
+            raise ValueError(f"audio clip {i}: {int(lengths[i])} samples, fewer than one {cfg.frame_length_ms} ms "
+                             f"frame ({int(cfg.sample_rate * cfg.frame_length_ms / 1000)} samples at "
+                             f"{cfg.sample_rate} Hz)")
         full = dataclasses.replace(cfg, target_length=int(frames.max()), crop="head")
         return waveform_to_input(waves, full, lengths), frames
 
@@ -422,12 +424,24 @@ def _as_wave_batch(audio: Tensor | np.ndarray | Sequence, lengths: Tensor | None
     if waves.dim() == 1:
         waves = waves[None]
     if waves.dim() != 2:
-        raise ValueError(f"expected waveforms [S] or [B, S], got shape {tuple(waves.shape)}")
+        raise ValueError(f"audio: expected waveforms (n_samples,) or (n_clips, n_samples), got shape "
+                         f"{tuple(waves.shape)}")
+    if lengths is None and waves.shape[1] <= 16 < waves.shape[0]:  # e.g. soundfile's (frames, channels)
+        raise ValueError(f"audio: shape {tuple(waves.shape)} reads as {waves.shape[0]} clips of {waves.shape[1]} "
+                         "samples; it looks like (n_samples, n_channels): pass one channel or the mean over "
+                         "channels (e.g. audio.mean(axis=1)), or clips as (n_clips, n_samples)")
     if lengths is None:
         lengths = torch.full((waves.shape[0],), waves.shape[1])
-    lengths = torch.as_tensor(lengths).long().reshape(-1)
-    if lengths.shape[0] != waves.shape[0] or bool((lengths > waves.shape[1]).any()):
-        raise ValueError(f"lengths must be {waves.shape[0]} sample counts <= {waves.shape[1]}")
+    if isinstance(lengths, (int, float)):
+        lengths = [lengths]
+    lengths = torch.as_tensor(lengths)
+    if lengths.is_complex() or lengths.dtype == torch.bool or (
+            lengths.is_floating_point() and not bool((lengths == lengths.round()).all())):
+        raise ValueError(f"lengths: expected whole sample counts, got {lengths.tolist()[:8]}")
+    lengths = lengths.long().reshape(-1)
+    if lengths.shape[0] != waves.shape[0] or bool((lengths < 0).any()) or bool((lengths > waves.shape[1]).any()):
+        raise ValueError(f"lengths: expected {waves.shape[0]} sample count(s) in 0..{waves.shape[1]}, got "
+                         f"{lengths.tolist()[:8]}")
     return waves, lengths
 
 
@@ -446,7 +460,7 @@ def logmel_statistics(clips: Sequence[Tensor], frontend: FrontendConfig) -> Tens
         wave = validate_audio(wave, f"clip {i}").reshape(-1)
         frames = int(num_frames(wave.shape[0], frontend.sample_rate, frontend.frame_length_ms, frontend.frame_shift_ms))
         if frames <= 0:
-            raise ValueError(f"a clip has {wave.shape[0]} samples, fewer than one {frontend.frame_length_ms} ms frame")
+            raise ValueError(f"clip {i}: {wave.shape[0]} samples, fewer than one {frontend.frame_length_ms} ms frame")
         fb = waveform_to_input(wave, dataclasses.replace(frontend, target_length=frames, crop="head"))
         out.append(torch.cat([fb.mean(0), fb.std(0, unbiased=False)]))
     return torch.stack(out) if out else torch.zeros(0, 2 * frontend.num_mel_bins)

@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from eat.audio.io import validate_audio
 from eat.export import load_encoder
 from eat.features import FeatureExtractor
 from eat.model.pooling import DEFAULT_LAYERS, DEFAULT_POOLING, check_poolings, parse_layers
+from eat.utils.device import resolve_device
 
 
 class HearModel(nn.Module):
@@ -89,8 +89,8 @@ def load_model(model_file_path: str = "", device: str | None = None, utterance: 
     (``pooling``, ``layers``, ``batch_size``; see the module docstring)."""
     if not model_file_path:
         raise ValueError("model_file_path must name an exported encoder directory (tools/export_encoder.py)")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return HearModel(load_encoder(model_file_path, dev), utterance, layers, batch_size, pooling)
+    return HearModel(load_encoder(model_file_path, resolve_device(device, "device")), utterance, layers, batch_size,
+                     pooling)
 
 
 def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:

@@ -66,6 +66,9 @@ def load(args: argparse.Namespace) -> FinetuneConfig:
         cfg.train.out_dir = str(args.out)
     if args.task == "esc50" and cfg.data.format != "esc50":
         raise ConfigError(f"--task esc50 needs data.format esc50, the config has {cfg.data.format!r}")
+    if args.task != "esc50" and cfg.data.format == "esc50":
+        raise ConfigError(f"data.format is esc50 (the default when {path} does not set it), which only --task esc50 "
+                          "reads; set data.format (csv for path,label files, eat, ast_json, spc2 or shards)")
     bad = [f for f in cfg.data.folds if f not in ESC50_FOLDS]
     if bad or not cfg.data.folds:
         raise ConfigError(f"data.folds must be a non-empty subset of {list(ESC50_FOLDS)}, got {cfg.data.folds}")
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         args = parse_args(argv)
         cfg = load(args)
         check_train_config(cfg.train)
-        check_loader_config(cfg.data.batch_size, cfg.data.num_workers, 1, cfg.data.max_bad_fraction)
+        check_loader_config(cfg.data.batch_size, cfg.data.num_workers, 1, cfg.data.max_bad_fraction,
+                            max_bad_clips=cfg.data.max_bad_clips)
         if cfg.data.eval_batch_size < 0:
             raise ConfigError(f"data.eval_batch_size: must be >= 0, got {cfg.data.eval_batch_size}")
         env = init_distributed(cfg.train.device)

@@ -53,8 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data-dir", metavar="DIR", help="a folder of audio (wav/flac, searched recursively): build "
                     "its manifest, normalisation statistics and clip length, then train on it")
     ap.add_argument("--prepare-only", action="store_true", help="with --data-dir: prepare the data and stop")
-    ap.add_argument("--check", action="store_true", help="only validate the config and the manifest path, then "
-                    "exit (make pretrain runs this before torchrun)")
+    ap.add_argument("--check", action="store_true", help="only validate the config, the manifest path and "
+                    "whether model.init's tensor shapes fit the model, then exit (make pretrain runs this "
+                    "before torchrun)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = ap.parse_intermixed_args(argv)
     if args.prepare_only and not args.data_dir:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.prepare_only:
                 return
         cfg = load_config(PretrainConfig, args.config, overrides)
-        check_config(cfg)
+        check_config(cfg, deep=args.check)
         if args.check:
             print(f"config ok: {args.config or '(defaults)'} with {len(overrides)} override(s)")
             return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -165,7 +164,7 @@ def test_load_official_files(tmp_path):
         load_official(corrupt)
     # one line naming the problem, not torch's advice to retry with weights_only=False
     assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
-    assert re.search(r"\(corrupt or not a checkpoint: Unsupported operand \d+\)$", str(e.value))
+    assert str(e.value).endswith("(not a torch.save file (it starts with b'not a ch'))")  # what the bytes are
     with pytest.raises(ConversionError, match="no such file"):
         load_official(tmp_path / "missing.pt")
 

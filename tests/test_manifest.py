@@ -32,7 +32,8 @@ def test_manifest_round_trip_and_tolerant_whitespace(tmp_path):
 
 @pytest.mark.parametrize(
     "body, msg",
-    [("", ":1: empty manifest"), ("/r\na.wav 10\nb.wav\n", ":3: expected"), ("/r\na.wav ten\n", ":2: num_samples 'ten'")],
+    [("", ":1: empty manifest"), ("/r\na.wav 10\nb.wav\n", ":3: expected"), ("/r\na.wav ten\n", ":2: expected .* the last column 'ten' is not"),
+     ("/r\ngood.wav\t48000\textra\n", ":2: 3 tab-separated columns, expected 2")],
 )
 def test_manifest_errors_name_file_and_line(tmp_path, body, msg):
     p = tmp_path / "bad.tsv"

@@ -83,4 +83,4 @@ def test_prepare_spc2(tmp_path):
         rows = list(csv.reader(f))
     assert rows[0] == ["path", "label"] and rows[1][1] == "stop" and rows[1][0].endswith("stop/s0_nohash_0.wav")
     err = run_tool("prepare_spc2", tmp_path / "nothing", tmp_path / "o", ok=False).stderr
-    assert "Speech Commands root not found" in err
+    assert "not found: the Speech Commands v2 folder" in err

@@ -287,7 +287,7 @@ def test_user_error_is_one_line_on_stderr_and_fails():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["data.train_manifest=/nonexistent/train.tsv"], "error: training manifest not found: /nonexistent/train.tsv"),
+        (["data.train_manifest=/nonexistent/train.tsv"], "error: data.train_manifest: /nonexistent/train.tsv: no such file"),
         (["optim.lr=fast"], "error: optim.lr: expected a number, got 'fast'"),
         (["model.encoder.dept=2"], "error: unknown config key model.encoder.dept in 'model.encoder'"),
         (["model.preset=huge"], "error: unknown EAT preset 'huge'"),

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from eat.audio.fbank import FrontendConfig
-from eat.cli import cli_main
+from eat.audio.fbank import NORM_PRESETS, FrontendConfig
+from eat.cli import check_workers, cli_main
 from eat.config import ConfigError
 from eat.data.manifest import ManifestError, read_manifest
 from eat.data.norm_stats import compute_stats
@@ -31,21 +31,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("manifest", type=Path, help="tsv manifest: root directory, then 'relpath<TAB>num_samples' lines")
     p.add_argument("--max-clips", type=int, default=None, help="use a random subset of this many clips")
     p.add_argument("--seed", type=int, default=0, help="seed for the subset and for random crops")
-    p.add_argument("--preset", default="audioset", help="front-end preset for the defaults: audioset, esc50, spc2")
+    p.add_argument("--preset", default="audioset", choices=sorted(NORM_PRESETS),
+                   help="front-end preset for the defaults (default audioset)")
     p.add_argument("--target-length", type=int, default=None,
                    help="pad/crop to this many frames (default: the preset's); 0 = each clip's own frames")
     p.add_argument("--crop", choices=["head", "random"], default="head", help="how long clips are cropped")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--num-mel-bins", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    check_workers(args.workers)
     try:
         if args.max_clips is not None and args.max_clips <= 0:
             raise ConfigError(f"--max-clips must be positive, got {args.max_clips}")
-        if args.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {args.workers}")
         if args.target_length is not None and args.target_length < 0:
             raise ConfigError(f"--target-length must be >= 0, got {args.target_length}")
         cfg = FrontendConfig.from_preset(args.preset, crop=args.crop, sample_rate=args.sample_rate,

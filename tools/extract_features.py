@@ -42,11 +42,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from eat.audio.io import AudioError
-from eat.cli import UsageError, cli_main
+from eat.cli import UsageError, check_workers, cli_main
 from eat.data.manifest import ManifestError, read_manifest
 from eat.export import ExportError, load_encoder
 from eat.features import GRANULARITIES, FeatureExtractor, read_clips
 from eat.model.pooling import DEFAULT_LAYERS, DEFAULT_POOLING, POOLINGS, parse_layers
+from eat.utils.device import resolve_device
 
 
 class ToolError(UsageError):
@@ -238,19 +239,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16, help="clips (and encoder windows) per batch")
     ap.add_argument("--shard-size", type=int, default=1000, help="clips per output shard (default 1000)")
     ap.add_argument("--format", choices=("safetensors", "npy"), default="safetensors")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--workers", type=int, default=4, help="threads decoding audio (default 4)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
+    ap.add_argument("--workers", type=int, default=4, help="threads decoding audio (default 4; 0: none)")
     args = ap.parse_args(argv)
     if args.layers is None:
         args.layers = [DEFAULT_LAYERS if args.granularity == "utterance" else "-1"]
     args.layers = [int(v) if v.lstrip("-").isdigit() else v for v in args.layers]  # settings.json as before: ints
     args.layers_spec = [str(v) for v in args.layers]
-    if args.batch_size < 1 or args.shard_size < 1 or args.workers < 1:
-        sys.exit("error: --batch-size, --shard-size and --workers must be positive")
+    check_workers(args.workers)
+    if args.batch_size < 1 or args.shard_size < 1:
+        sys.exit("error: --batch-size and --shard-size must be positive")
     try:
+        args.device = resolve_device(args.device)
         index = run(args)
     except (ToolError, ExportError, ManifestError, ValueError) as e:
         sys.exit(f"error: {e}")
+    if index["num_embedded"] == 0:
+        path, reason = index["bad"][0]
+        sys.exit(f"error: {args.manifest}: none of the {index['num_bad']} clips could be read (first: {path}: {reason})")
     print(f"embedded {index['num_embedded']} clips into {len(index['shards'])} shard(s) under {args.out}; "
           f"{index['num_bad']} unreadable file(s) skipped")
     for path, reason in index["bad"][:5]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from eat.audio.fbank import FrontendConfig
 from eat.audio.io import AudioError
-from eat.cli import UsageError, cli_main
+from eat.cli import UsageError, about, cli_main
 from eat.data.manifest import (
     LabelSet,
     ManifestError,
@@ -94,16 +95,28 @@ def embed(
     return (torch.cat(feats) if feats else torch.zeros(0, dim)), kept, errors
 
 
-def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_npz(path: Path, role: str = "training") -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (N, D) and ``y`` of a features file, checked on their own; every problem names ``path``."""
     if not path.is_file():
-        raise ToolError(f"{path}: no such file")
+        raise ToolError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ToolError(f"{path}: a single array, not an .npz archive with 'x' and 'y'")
             if "x" not in data or "y" not in data:
                 raise ToolError(f"{path}: needs arrays 'x' (features) and 'y' (labels), found {', '.join(data.files)}")
-            return data["x"], data["y"]
-    except (OSError, ValueError) as e:
-        raise ToolError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]})") from None
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ToolError(f"{path}: not a readable .npz file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype.kind not in "fiu":
+        raise ToolError(f"{path}: x must be a non-empty (N, D) array of numbers, got {x.dtype} {x.shape}")
+    bad = np.nonzero(~np.isfinite(x).all(axis=1))[0]
+    if bad.size:
+        raise ToolError(f"{path}: the {role} features (x) hold NaN or inf, first in row {int(bad[0])}")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ToolError(f"{path}: {y.shape[0] if y.ndim else 'no'} labels (y) for {x.shape[0]} feature rows (x)")
+    return x, y
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -112,10 +125,11 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def run(args: argparse.Namespace) -> dict:
     kwargs = dict(knn=args.knn, seed=args.seed, weight_decays=tuple(args.weight_decays), device=args.device)
     if args.train_features is not None:
-        tx, ty = load_npz(args.train_features)
-        vx, vy = load_npz(args.test_features)
+        tx, ty = load_npz(args.train_features, "training")
+        vx, vy = load_npz(args.test_features, "test")
         task = args.task or ("multilabel" if ty.ndim == 2 else "multiclass")
-        return probe(tx, ty, vx, vy, task, **kwargs) | {"features": "precomputed"}
+        with about(f"--train-features {args.train_features} / --test-features {args.test_features}"):
+            return probe(tx, ty, vx, vy, task, **kwargs) | {"features": "precomputed"}
 
     if args.esc50_root is not None:
         folds = {1, 2, 3, 4, 5} - {args.fold}

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from eat.cli import cli_main
+from eat.cli import check_workers, cli_main
 from eat.data.manifest import scan_audio, write_manifest
 
 
@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("audio_dir", type=Path, help="folder to scan (recursively)")
     ap.add_argument("out", type=Path, help="manifest to write, e.g. data/train.tsv")
     ap.add_argument("--ext", default="wav,flac", help="comma-separated extensions to include (default wav,flac)")
-    ap.add_argument("--workers", type=int, default=8, help="threads reading headers (default 8)")
+    ap.add_argument("--workers", type=int, default=8, help="threads reading headers (default 8; 0: none)")
     ap.add_argument("--verify", action="store_true", help="decode every file completely (slower, stricter)")
     args = ap.parse_args(argv)
+    check_workers(args.workers)
     if not args.audio_dir.is_dir():
         sys.exit(f"error: {args.audio_dir} is not a directory")
     exts = [e.strip() for e in args.ext.split(",") if e.strip()]

@@ -16,13 +16,13 @@ continues with the missing shards; a different command on the same OUT_DIR is re
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from eat.cli import UsageError, cli_main
+from eat.cli import UsageError, about, check_workers, cli_main
+from eat.data.loaders import available_cores
 from eat.data.manifest import ManifestError, read_ast_json, read_eat_labels, read_path_label_csv
 from eat.data.shards import (
     ShardSet,
@@ -51,6 +51,8 @@ def load_clips(args: argparse.Namespace):
     elif suffix == ".csv":
         names = ShardSet(args.classes_from).classes if args.classes_from else None
         labels = read_path_label_csv(src, class_names=names)
+    elif not src.is_file():
+        raise ManifestError(f"{src}: {'is a folder, not a clip list' if src.is_dir() else 'no such file'}")
     else:
         raise ManifestError(f"{src}: unknown input kind {suffix or '(no suffix)'!r}; expected .tsv, .json or .csv")
     return clips_from_labels(labels), labels.class_names, labels.multi_label
@@ -75,10 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample-rate", type=int, default=16000, help="rate clips are decoded/stored at (16000)")
     ap.add_argument("--shard-size", default="1G", help="target shard size, e.g. 1G, 500M (default 1G)")
     ap.add_argument("--clips-per-shard", type=int, default=0, help="fixed clips per shard (overrides --shard-size)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel writer processes")
+    ap.add_argument("--workers", type=int, default=available_cores(),
+                    help="parallel writer processes (default: the CPU cores available to this process; 0: none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the clip order (default 0)")
     ap.add_argument("--no-shuffle", action="store_true", help="keep the input order")
     args = ap.parse_args(argv)
+    check_workers(args.workers)
     bars: list[tqdm] = []  # made at the first report, after the folder's plan was checked
 
     def progress(done: int, total: int) -> None:
@@ -86,9 +90,10 @@ def main(argv: list[str] | None = None) -> None:
             bars.append(tqdm(total=total, unit="clip", desc="sharding", smoothing=0.1))
         bars[0].update(done - bars[0].n)
 
-    if args.clips_per_shard < 0 or args.workers < 1 or args.sample_rate <= 0:
-        raise UsageError("--clips-per-shard must be >= 0, --workers >= 1, --sample-rate > 0")
-    target = parse_size(args.shard_size)
+    if args.clips_per_shard < 0 or args.sample_rate <= 0:
+        raise UsageError("--clips-per-shard must be >= 0 and --sample-rate > 0")
+    with about("--shard-size"):
+        target = parse_size(args.shard_size)
     clips, classes, multi = load_clips(args)
     try:
         result = write_shards(clips, args.out_dir, args.audio, args.sample_rate, target, args.clips_per_shard,

@@ -20,7 +20,8 @@ import csv
 import sys
 from pathlib import Path
 
-from eat.cli import cli_main
+from eat.cli import check_workers, cli_main
+from eat.config import read_text
 from eat.data.loaders import class_balanced_weights
 from eat.data.manifest import LabelledItem, ManifestError, read_class_csv, scan_audio, write_manifest
 
@@ -29,10 +30,7 @@ YTID_LENGTH = 11
 
 def read_segments(path: Path, known_mids: dict[str, int]) -> dict[str, list[str]]:
     """``{ytid: [mids]}`` from an AudioSet segments csv; unknown label ids raise ManifestError."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read ({e})") from None
+    lines = read_text(path, ManifestError).splitlines()
     segments: dict[str, list[str]] = {}
     for lineno, row in enumerate(csv.reader(lines, skipinitialspace=True), start=1):
         if not row or row[0].startswith("#"):
@@ -95,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--class-csv", type=Path, required=True, help="class_labels_indices.csv (index,mid,display_name)")
     ap.add_argument("--ext", default="wav,flac", help="audio extensions to match (default wav,flac)")
     ap.add_argument("--weights", action="store_true", help="also write the AS-2M sampling weights")
-    ap.add_argument("--workers", type=int, default=8, help="threads reading audio headers (default 8)")
+    ap.add_argument("--workers", type=int, default=8, help="threads reading audio headers (default 8; 0: none)")
     args = ap.parse_args(argv)
+    check_workers(args.workers)
     if not args.audio_dir.is_dir():
         sys.exit(f"error: {args.audio_dir} is not a directory")
     exts = [e.strip() for e in args.ext.split(",") if e.strip()]

@@ -23,6 +23,7 @@ import torch
 
 from eat.config import ConfigError
 from eat.train.trainer import SDPA_BACKENDS
+from eat.utils.device import resolve_device  # noqa: F401  (the tools import it from here too)
 
 
 def machine(device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -43,15 +44,6 @@ def machine(device: torch.device | str = "cpu") -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     return info
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cuda`` or ``cpu``; a ConfigError when CUDA is asked for but absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available")
-    return torch.device(name)
 
 
 class Clock:

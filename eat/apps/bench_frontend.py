@@ -28,11 +28,12 @@ import torch
 
 from eat.apps.bench_common import machine
 from eat.audio.fbank import FrontendConfig, fbank
-from eat.cli import cli_main
+from eat.cli import check_workers, cli_main
 from eat.data.batch import model_input
 from eat.data.datasets import PretrainDataset
 from eat.data.loaders import ResumableDistributedSampler, build_loader
 from eat.data.manifest import write_manifest
+from eat.utils.device import resolve_device
 
 KALDI_ARGS = dict(htk_compat=True, use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
                   frame_shift=10)
@@ -132,10 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-loader", action="store_true", help="only run (a)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    if args.clips <= 0 or args.seconds < 0.025 or args.repeats <= 0 or args.loader_clips <= 0:
-        sys.exit("error: --clips, --repeats and --loader-clips must be positive and --seconds >= 0.025")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit(f"error: --device {args.device}: CUDA is not available")
+    if args.clips <= 0 or args.seconds < 0.025 or args.repeats <= 0 or args.loader_clips <= 0 or args.batch_size <= 0:
+        sys.exit("error: --clips, --repeats, --loader-clips and --batch-size must be positive and --seconds >= 0.025")
+    for n in args.workers:
+        check_workers(n)
+    if args.threads is not None and args.threads < 1:
+        sys.exit(f"error: --threads must be >= 1, got {args.threads}")
+    args.device = str(resolve_device(args.device))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

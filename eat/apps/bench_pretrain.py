@@ -57,10 +57,11 @@ from eat.apps.bench_common import (
     timed_loop,
 )
 from eat.audio.fbank import FrontendConfig, waveform_to_input
-from eat.cli import cli_main
+from eat.cli import check_workers, cli_main
 from eat.config import ConfigError
 from eat.data import ManifestError, MaskConfig, PretrainDataset, ResumableDistributedSampler, build_loader
 from eat.data.datasets import wave_length
+from eat.data.loaders import available_cores
 from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.model.masking import inverse_block_mask
 from eat.train.dist import DistEnv
@@ -475,12 +476,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="feed waveforms and run the batched fbank on the device inside the step")
     p.add_argument("--loader", type=Path, metavar="MANIFEST",
                    help="feed real batches from this manifest (and measure the loader alone)")
-    p.add_argument("--workers", type=int, default=8, help="loader worker processes with --loader (default 8)")
+    p.add_argument("--workers", type=int, default=min(8, available_cores()),
+                   help="loader worker processes with --loader (default: the available cores, at most 8)")
     p.add_argument("--loader-only", action="store_true", help="with --loader: measure the input pipeline only")
     p.add_argument("--loader-batches", type=int, default=20, help="batches per loader measurement (default 20)")
     p.add_argument("--reference", action="store_true", help="also time the official-style step, print the ratio")
     add_step_options(p)
     args = p.parse_args(argv)
+    check_workers(args.workers)
     for key in ("batch", "steps", "split_steps", "loader_batches"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")

@@ -45,6 +45,7 @@ from eat.eval.protocol import (
     evaluate,
     format_table,
     logmel_embeddings,
+    read_probe_json,
     seed_summary,
     select_on_validation,
 )
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.summarize:
         try:
-            docs = [json.loads(p.read_text()) for p in args.summarize]
+            docs = [read_probe_json(p) for p in args.summarize]
             cell = None
             if args.cell:
                 layers, _, pooling = args.cell.partition("/")

@@ -166,8 +166,9 @@ def as_float_audio(audio: torch.Tensor | np.ndarray | Sequence, name: str = "aud
     elif not isinstance(audio, torch.Tensor):
         try:
             audio = torch.as_tensor(np.asarray(audio))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{name}: not an array of samples ({_first_line(e)})") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: not an array of samples (got a {type(audio).__name__}: "
+                             f"{str(audio)[:40]!r})") from None
     dt = audio.dtype
     if dt.is_floating_point:
         return audio.float()

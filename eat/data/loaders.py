@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
 import signal
+import warnings
 from collections.abc import Iterator, Sequence
 from multiprocessing import forkserver, resource_tracker
 from typing import Any
@@ -31,8 +33,75 @@ from eat.data.manifest import LabelledItem
 log = logging.getLogger(__name__)
 
 
+DEFAULT_MAX_BAD_CLIPS = 10
+AUTO_WORKERS_MAX = 8  # "auto" loader workers never exceed this (what the official recipes use per GPU)
+_said: set[str] = set()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (``os.sched_getaffinity``: a job scheduler's or taskset's share,
+    not the machine's ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(requested: int | str, key: str = "data.num_workers", ceiling: int = AUTO_WORKERS_MAX) -> int:
+    """Loader worker processes for a ``num_workers`` setting.
+
+    ``"auto"`` (the recipes' setting): one per core this process may use (:func:`available_cores`, divided
+    among the ranks of this machine, ``LOCAL_WORLD_SIZE``), at most ``ceiling``; said once, in one line. A
+    number is the user's choice and is kept; when it is more than the cores, one line says so (PyTorch's
+    own "suggested max number of worker" warning is not shown, see :func:`quiet_dataloader`).
+    """
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    cores = max(1, available_cores() // ranks)
+    share = f"{available_cores()} CPU core(s) for {ranks} process(es) here" if ranks > 1 else \
+        f"{cores} CPU core(s) available to this process"
+    if requested == "auto":
+        n = min(ceiling, cores)
+        _say_once(logging.INFO, f"{key}=auto: {n} loader worker process(es) ({share})")
+        return n
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise ConfigError(f"{key}: expected a whole number >= 0 or auto, got {requested!r}")
+    if requested > cores:
+        _say_once(logging.WARNING, f"note: {key}={requested} loader worker processes, more than the {share}; "
+                                   f"kept as set ({key}=auto sizes it to the machine)")
+    return requested
+
+
+def _say_once(level: int, message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.log(level, message)
+
+
+def quiet_dataloader(*args: Any, **kwargs: Any) -> DataLoader:
+    """``torch.utils.data.DataLoader(*args, **kwargs)`` without PyTorch's "suggested max number of worker"
+    warning (printed at construction and at every new iterator): :func:`resolve_workers` has said it once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*suggested max number of worker")
+        loader = DataLoader(*args, **kwargs)
+    loader.check_worker_number_rationality = lambda: None  # type: ignore[method-assign]
+    return loader
+
+
 class BadDataError(RuntimeError):
     """Too many clips of an epoch could not be read; the message names the limit and its config key."""
+
+
+def bad_clip_allowance(total: int, max_bad_fraction: float, max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS) -> int:
+    """How many unreadable clips an epoch of ``total`` clips (on one rank) may hold before the run stops.
+
+    The larger of two allowances: ``max_bad_fraction`` of the epoch (what matters for a large set: 1 % of
+    two million clips is 20,000) and ``max_bad_clips`` clips (what matters for a small one: one bad file
+    of 41 is 2.4 %, and should not stop a fine-tuning run). The absolute allowance is capped below half
+    the epoch, so a manifest that is mostly unreadable still stops within its first unreadable clips
+    (5 clips: at most 2 may be bad), whatever ``max_bad_clips`` says; the fraction is not capped (a
+    user who sets 0.9 asks for it).
+    """
+    return max(math.floor(max_bad_fraction * total), min(max_bad_clips, (total - 1) // 2))
 
 
 class ResumableDistributedSampler(Sampler):
@@ -184,28 +253,36 @@ class SkippingLoader:
     """A DataLoader whose batches are checked against the bad-file policy and counted for resuming.
 
     Every bad file is logged once (``logging.warning`` naming it and the reason); batches with no good
-    clip are not yielded; when more than ``max_bad_fraction`` of this epoch's clips (on this rank) turn
-    out bad, :class:`BadDataError` names the limit via ``limit_name``. ``state_dict`` / ``set_epoch``
+    clip are not yielded; when more of this epoch's clips (on this rank) turn out bad than
+    :func:`bad_clip_allowance` allows, :class:`BadDataError` says how many of the clips read so far were
+    bad, the first one and why, and names the two config keys (``<section>.max_bad_fraction`` and
+    ``<section>.max_bad_clips``, the section taken from ``limit_name``). ``state_dict`` / ``set_epoch``
     go to the sampler.
     """
 
-    def __init__(self, loader: DataLoader, max_bad_fraction: float, limit_name: str = "data.max_bad_fraction"):
+    def __init__(self, loader: DataLoader, max_bad_fraction: float, limit_name: str = "data.max_bad_fraction",
+                 max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS):
         self.loader = loader
         self.sampler = loader.batch_sampler.sampler if loader.batch_sampler is not None else loader.sampler
         self.max_bad_fraction = max_bad_fraction
+        self.max_bad_clips = max_bad_clips
         self.limit_name = limit_name
         self.logged: set[str] = set()
         self.bad_this_epoch = 0
+        self.read_this_epoch = 0
+        self.first_bad: Skipped | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
         total = len(self.sampler)
-        self.bad_this_epoch = 0
+        self.bad_this_epoch = self.read_this_epoch = 0
+        self.first_bad = None
         for batch in self.loader:
             if hasattr(self.sampler, "advance"):
                 self.sampler.advance(batch["num_drawn"])
+            self.read_this_epoch += batch["num_drawn"]
             self._check(batch["skipped"], total)
             if batch["index"].numel():
                 yield batch
@@ -216,11 +293,16 @@ class SkippingLoader:
                 self.logged.add(s.path)
                 log.warning("skipping unreadable clip %s: %s", s.path, s.reason)
         self.bad_this_epoch += len(skipped)
-        if self.bad_this_epoch > self.max_bad_fraction * total:
-            share = 100 * self.bad_this_epoch / max(total, 1)
+        if skipped and self.first_bad is None:
+            self.first_bad = skipped[0]
+        allowed = bad_clip_allowance(total, self.max_bad_fraction, self.max_bad_clips)
+        if self.bad_this_epoch > allowed:
+            section = self.limit_name.rsplit(".", 1)[0]
+            first = self.first_bad
             raise BadDataError(
-                f"{self.bad_this_epoch} of {total} clips unreadable ({share:.1f}%) "
-                f"exceeds {self.limit_name}={self.max_bad_fraction}"
+                f"{self.bad_this_epoch} of the first {self.read_this_epoch} clips read are unreadable (of "
+                f"{total} this epoch on this process), more than the {allowed} allowed ({section}.max_bad_clips={self.max_bad_clips}, "
+                f"{section}.max_bad_fraction={self.max_bad_fraction}); first: {first.path}: {first.reason}"
             )
 
     def set_epoch(self, epoch: int) -> None:
@@ -233,17 +315,19 @@ class SkippingLoader:
         self.sampler.load_state_dict(state)
 
 
-def check_loader_config(batch_size: int, num_workers: int, prefetch_factor: int, max_bad_fraction: float,
-                        section: str = "data") -> None:
+def check_loader_config(batch_size: int, num_workers: int | str, prefetch_factor: int, max_bad_fraction: float,
+                        section: str = "data", max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS) -> None:
     """Refuse loader settings no run can use, naming the ``<section>.<key>`` (a ``ConfigError``)."""
     if batch_size < 1:
         raise ConfigError(f"{section}.batch_size: must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ConfigError(f"{section}.num_workers: must be >= 0, got {num_workers}")
+    if num_workers != "auto" and num_workers < 0:
+        raise ConfigError(f"{section}.num_workers: must be >= 0 or auto, got {num_workers}")
     if prefetch_factor < 1:
         raise ConfigError(f"{section}.prefetch_factor: must be >= 1, got {prefetch_factor}")
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise ConfigError(f"{section}.max_bad_fraction: must lie in [0, 1], got {max_bad_fraction}")
+    if max_bad_clips < 0:
+        raise ConfigError(f"{section}.max_bad_clips: must be >= 0, got {max_bad_clips}")
 
 
 def ignore_preemption_signals(worker_id: int) -> None:
@@ -296,12 +380,13 @@ def build_loader(
     dataset: Any,
     sampler: Sampler,
     batch_size: int,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     train: bool = True,
     pin_memory: bool | None = None,
     prefetch_factor: int | None = None,
     max_bad_fraction: float | None = None,
     limit_name: str = "data.max_bad_fraction",
+    max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS,
 ) -> SkippingLoader:
     """A :class:`SkippingLoader` over ``dataset`` in ``sampler`` order.
 
@@ -309,15 +394,15 @@ def build_loader(
     by a fork server, see :func:`worker_context`, and ignoring preemption signals, see
     :func:`ignore_preemption_signals`),
     incomplete last batch dropped for training (kept for evaluation), ``max_bad_fraction`` from the
-    dataset.
+    dataset (the bad-clip policy: :func:`bad_clip_allowance`). ``num_workers="auto"`` sizes the workers to
+    the cores (:func:`resolve_workers`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    num_workers = resolve_workers(num_workers, f"{limit_name.rsplit('.', 1)[0]}.num_workers")
     if num_workers > 0 and prefetch_factor is not None and prefetch_factor < 1:
         raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
-    loader = DataLoader(
+    loader = quiet_dataloader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -331,4 +416,4 @@ def build_loader(
         multiprocessing_context=worker_context() if num_workers > 0 else None,
     )
     limit = dataset.max_bad_fraction if max_bad_fraction is None else max_bad_fraction
-    return SkippingLoader(loader, limit, limit_name)
+    return SkippingLoader(loader, limit, limit_name, max_bad_clips)

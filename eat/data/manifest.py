@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from eat.audio.io import AudioError, audio_info, load_audio_with_rate
+from eat.config import read_text
 
 
 class ManifestError(ValueError):
@@ -49,8 +50,9 @@ class Manifest:
 def read_manifest(path: str | Path) -> Manifest:
     """Read a tsv manifest: line 1 is the root directory, then ``relpath <whitespace> num_samples`` lines.
 
-    Any run of whitespace separates the two fields; the sample count is the last field, so a relative
-    path may itself contain spaces. Blank lines are ignored.
+    A line with a tab must have exactly two tab-separated columns; a line without one is split at its last
+    run of whitespace (the sample count is the last field, so a relative path may itself contain spaces).
+    Blank lines are ignored.
     """
     path = Path(path)
     lines = _read_lines(path)
@@ -61,14 +63,22 @@ def read_manifest(path: str | Path) -> Manifest:
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        parts = line.strip().rsplit(None, 1)
-        if len(parts) != 2:
-            raise ManifestError(f"{path}:{lineno}: expected '<relative path> <num_samples>', got {line.strip()!r}")
+        text = line.strip()
+        if "\t" in text:  # what write_manifest writes: exactly two tab-separated columns
+            parts = [p.strip() for p in text.split("\t")]
+            if len(parts) != 2:
+                raise ManifestError(f"{path}:{lineno}: {len(parts)} tab-separated columns, expected 2 "
+                                    f"(<relative path>, <num_samples>): {text!r:.120}")
+        else:
+            parts = text.rsplit(None, 1)
+            if len(parts) != 2:
+                raise ManifestError(f"{path}:{lineno}: expected '<relative path> <num_samples>', got {text!r:.120}")
         rel, count = parts
         try:
             n = int(count)
         except ValueError:
-            raise ManifestError(f"{path}:{lineno}: num_samples {count!r} is not an integer") from None
+            raise ManifestError(f"{path}:{lineno}: expected '<relative path> <num_samples>', but the last column "
+                                f"{count!r:.40} is not a whole number of samples") from None
         if n < 0:
             raise ManifestError(f"{path}:{lineno}: num_samples {n} is negative")
         entries.append((rel, n))
@@ -207,6 +217,8 @@ def read_esc50(root: str | Path, folds: Iterable[int] | None = None, audio_dir: 
     shares one index space. Single-label.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ManifestError(f"{root}: a file, not the ESC-50 folder (which holds meta/esc50.csv and audio/)")
     csv_path = root / "meta" / "esc50.csv"
     rows = list(_read_csv_rows(csv_path))
     if not rows:
@@ -296,14 +308,7 @@ def _infer_multi(items: list[LabelledItem], multi_label: bool | None) -> bool:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
+    return read_text(path, ManifestError)
 
 
 def _read_lines(path: Path) -> list[str]:

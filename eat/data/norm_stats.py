@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from eat.audio.fbank import FrontendConfig, fbank, pad_or_crop
@@ -80,12 +80,16 @@ def _keep(item: torch.Tensor | str) -> torch.Tensor | str:
 
 
 def compute_stats(
-    paths: list[Path], cfg: FrontendConfig, target_length: int, workers: int = 0, seed: int = 0,
-    progress: bool = True,
+    paths: list[Path], cfg: FrontendConfig, target_length: int, workers: int | str = 0, seed: int = 0,
+    progress: bool = True, workers_key: str = "--workers",
 ) -> tuple[RunningStats, list[str]]:
-    """Statistics over ``paths`` and the messages of the files that were skipped."""
+    """Statistics over ``paths`` and the messages of the files that were skipped. ``workers``: loader
+    processes, or ``"auto"`` (:func:`eat.data.loaders.resolve_workers`; ``workers_key`` names the setting)."""
+    from eat.data.loaders import quiet_dataloader, resolve_workers
+
     clips = _Clips(paths, cfg, target_length, seed)
-    loader = DataLoader(clips, batch_size=None, num_workers=workers, collate_fn=_keep)
+    workers = resolve_workers(workers, workers_key)
+    loader = quiet_dataloader(clips, batch_size=None, num_workers=workers, collate_fn=_keep)
     stats, skipped = RunningStats(), []
     for item in tqdm(loader, total=len(clips), desc="fbank stats", unit="clip", disable=not progress):
         if isinstance(item, str):

@@ -63,7 +63,7 @@ import torch
 from eat.audio.fbank import FrontendConfig
 from eat.audio.io import AudioError, decode_audio_bytes, load_audio
 from eat.data.datasets import LabelledDataset, MaskConfig, PretrainDataset, Skipped, check_clip
-from eat.data.loaders import ResumableDistributedSampler, SkippingLoader, build_loader
+from eat.data.loaders import DEFAULT_MAX_BAD_CLIPS, ResumableDistributedSampler, SkippingLoader, build_loader
 from eat.data.manifest import LabelledItem, LabelSet, ManifestError, read_manifest
 
 INDEX_NAME = "index.json"
@@ -183,8 +183,8 @@ def parse_size(text: str) -> int:
         value = float(t[:-1] if scale > 1 else t)
     except ValueError:
         raise ValueError(f"cannot read size {text!r} (use e.g. 1G, 500M or bytes)") from None
-    if value <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"size must be a positive number of bytes, got {text!r}")
     return int(value * scale)
 
 
@@ -592,6 +592,7 @@ def build_shard_loader(
     prefetch_factor: int | None = None,
     max_bad_fraction: float | None = None,
     limit_name: str = "data.max_bad_fraction",
+    max_bad_clips: int = DEFAULT_MAX_BAD_CLIPS,
 ) -> SkippingLoader:
     """The file loader (:func:`eat.data.loaders.build_loader`) over shards: same batches, bad-file
     policy, ``set_epoch`` / ``state_dict`` / ``load_state_dict``. ``train=False``: index order, nothing
@@ -599,7 +600,7 @@ def build_shard_loader(
     sampler = ShardSampler(dataset.shards, num_replicas, rank, shuffle=train, seed=seed, drop_last=train,
                            window=window)
     return build_loader(dataset, sampler, batch_size, num_workers, train, pin_memory, prefetch_factor,
-                        max_bad_fraction, limit_name)
+                        max_bad_fraction, limit_name, max_bad_clips)
 
 
 def iter_tar_members(path: str | Path) -> Iterator[tuple[str, bytes]]:

@@ -9,7 +9,7 @@ import json
 import statistics
 from pathlib import Path
 
-from eat.eval.protocol import CONTROL, LOGMEL
+from eat.eval.protocol import CONTROL, LOGMEL, read_probe_json
 
 
 def checkpoint_seconds(run_dir: Path) -> dict[int, float]:
@@ -28,7 +28,7 @@ def read_cells(paths: list[Path], layers: str, pooling: str) -> tuple[dict, dict
     points: dict[str, dict[tuple[str, int], float]] = {}
     baselines: dict[str, dict[str, list[float]]] = {}
     for path in paths:
-        data = json.loads(path.read_text())
+        data = read_probe_json(path)
         for task, result in data["tasks"].items():
             for row in result["rows"]:
                 if row["pooling"] != pooling or row["layers"] not in (layers, "-"):

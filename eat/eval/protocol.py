@@ -24,16 +24,20 @@ the scale of the blocks changes the result.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from eat.audio.fbank import FrontendConfig
+from eat.config import ConfigError, check_value, json_type, read_json
 from eat.eval.probe import probe
 from eat.features import FeatureExtractor, logmel_statistics
 from eat.model.pooling import POOLINGS, TOKEN_POOLINGS, check_poolings, parse_layers, pool_tokens  # noqa: F401 (re-exported)
@@ -93,6 +97,36 @@ class Row:
     dim: int
     weight_decay: float
     val_score: float = float("nan")  # the best validation score over the weight-decay grid
+
+
+def read_probe_json(path: str | Path) -> dict:
+    """A ``tools/probe_protocol.py --json`` file, checked: ``{"tasks": {task: {"rows": [Row fields]}}}``
+    with every :class:`Row` field of the right type (extra keys are left alone); anything else is one
+    :class:`~eat.config.ConfigError` naming the file and the entry."""
+    doc = read_json(path, what="probe_protocol.py --json")
+    tasks = doc.get("tasks") if isinstance(doc, dict) else None
+    if not isinstance(tasks, dict):
+        raise ConfigError(f"{path}: not a probe_protocol.py --json file (no 'tasks' object at the top)")
+    hints = typing.get_type_hints(Row)
+    required = [f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING]
+    for task, result in tasks.items():
+        rows = result.get("rows") if isinstance(result, dict) else None
+        if not isinstance(rows, list):
+            raise ConfigError(f"{path}: tasks.{task}: expected an object with a 'rows' list")
+        for i, row in enumerate(rows):
+            where = f"tasks.{task}.rows[{i}]"
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}: {where}: expected an object, got {json_type(row)}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ConfigError(f"{path}: {where}: missing key '{missing[0]}'")
+            for key, value in row.items():
+                if key in hints:
+                    try:
+                        row[key] = check_value(hints[key], value, f"{where}.{key}")
+                    except ConfigError as e:
+                        raise ConfigError(f"{path}: {e}") from None
+    return doc
 
 
 def select_on_validation(rows: Sequence[Row]) -> dict[str, Row]:

@@ -24,8 +24,9 @@ environment with fairseq and convert that. Nothing is unpickled silently.
 
 from __future__ import annotations
 
-import json
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eat.config import ConfigError, check_value, json_type, read_json
 from eat.model.eat import EATConfig
 from eat.model.vit import Encoder, EncoderConfig
 
@@ -155,10 +157,31 @@ def _check_shapes(cfg: EncoderConfig, sd: dict[str, Tensor], what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def _need(d: dict, key: str, where: str) -> Any:
+def _need(d: dict, key: str, where: str, tp: Any = None) -> Any:
+    """``d[key]`` of the checkpoint's config ``where``, checked as type ``tp`` when given (a mapping when
+    ``tp`` is dict); missing or wrongly typed is a :class:`ConversionError` naming ``where.key``."""
     if not isinstance(d, dict) or key not in d or d[key] is None:
         raise ConversionError(f"checkpoint config has no '{where}.{key}'")
-    return d[key]
+    return _typed(d[key], tp, f"{where}.{key}")
+
+
+def _get(d: dict, key: str, where: str, tp: Any, default: Any) -> Any:
+    """``d.get(key, default)`` checked as type ``tp`` (see :func:`_need`)."""
+    value = d.get(key)
+    return default if value is None else _typed(value, tp, f"{where}.{key}")
+
+
+def _typed(value: Any, tp: Any, key: str) -> Any:
+    if tp is None:
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConversionError(f"checkpoint config {key}: expected a mapping, got {value!r:.60}")
+        return value
+    try:
+        return check_value(tp, value, key)
+    except ConfigError as e:
+        raise ConversionError(f"checkpoint config {e}") from None
 
 
 def encoder_config_from_fairseq(model_cfg: dict, positions_rows: int, where: str = "cfg.model") -> EncoderConfig:
@@ -167,9 +190,9 @@ def encoder_config_from_fairseq(model_cfg: dict, positions_rows: int, where: str
     ``positions_rows`` is the row count of the stored positional table; it fixes ``max_time_patches``
     (768 * 8 rows since April 2024, 512 rows in older checkpoints).
     """
-    image = _need(_need(model_cfg, "modalities", where), "image", f"{where}.modalities")
+    image = _need(_need(model_cfg, "modalities", where, dict), "image", f"{where}.modalities", dict)
     iwhere = f"{where}.modalities.image"
-    dim = int(_need(model_cfg, "embed_dim", where))
+    dim = _need(model_cfg, "embed_dim", where, int)
     problems = []
     if model_cfg.get("layer_norm_first", False):
         problems.append(
@@ -186,31 +209,36 @@ def encoder_config_from_fairseq(model_cfg: dict, positions_rows: int, where: str
         problems.append("fixed_positions=False")
     if problems:
         raise ConversionError("unsupported official settings: " + "; ".join(problems))
-    patch = int(_need(image, "patch_size", iwhere))
-    in_chans = int(_need(image, "in_chans", iwhere))
+    patch = _need(image, "patch_size", iwhere, int)
+    in_chans = _need(image, "in_chans", iwhere, int)
+    if patch < 1 or patch > 128:
+        raise ConversionError(f"checkpoint config {iwhere}.patch_size: must be in 1..128, got {patch}")
     if in_chans != 1:
         raise ConversionError(f"{iwhere}.in_chans is {in_chans}; only spectrogram models (1 channel) are supported")
     freq_patches = 128 // patch  # the official audio model always uses 128 mel bins
     if positions_rows % freq_patches:
         raise ConversionError(f"positional table has {positions_rows} rows, not a multiple of {freq_patches}")
-    return EncoderConfig(
-        embed_dim=dim,
-        depth=int(_need(model_cfg, "depth", where)),
-        num_heads=int(_need(model_cfg, "num_heads", where)),
-        mlp_ratio=float(model_cfg.get("mlp_ratio", 4.0)),
-        patch_size=patch,
-        patch_stride=(patch, patch),
-        in_chans=1,
-        num_mel_bins=128,
-        target_length=int(image.get("target_length", 1024)),
-        pos_embed="sincos",
-        max_time_patches=positions_rows // freq_patches,
-        num_extra_tokens=int(image.get("num_extra_tokens", 1)),
-        layer_norm_first=False,
-        pre_norm=True,
-        final_norm=False,
-        norm_eps=float(_need(model_cfg, "norm_eps", where)),
-    )
+    try:
+        return EncoderConfig(
+            embed_dim=dim,
+            depth=_need(model_cfg, "depth", where, int),
+            num_heads=_need(model_cfg, "num_heads", where, int),
+            mlp_ratio=_get(model_cfg, "mlp_ratio", where, float, 4.0),
+            patch_size=patch,
+            patch_stride=(patch, patch),
+            in_chans=1,
+            num_mel_bins=128,
+            target_length=_get(image, "target_length", iwhere, int, 1024),
+            pos_embed="sincos",
+            max_time_patches=positions_rows // freq_patches,
+            num_extra_tokens=_get(image, "num_extra_tokens", iwhere, int, 1),
+            layer_norm_first=False,
+            pre_norm=True,
+            final_norm=False,
+            norm_eps=_need(model_cfg, "norm_eps", where, float),
+        )
+    except ConfigError as e:
+        raise ConversionError(f"checkpoint config {where}: {e}") from None
 
 
 def eat_config_from_fairseq(model_cfg: dict, encoder_cfg: EncoderConfig) -> tuple[EATConfig | None, list[str]]:
@@ -218,6 +246,8 @@ def eat_config_from_fairseq(model_cfg: dict, encoder_cfg: EncoderConfig) -> tupl
     package does not implement (the encoder conversion is unaffected)."""
     image = model_cfg["modalities"]["image"]
     decoder = image.get("decoder") or {}
+    if not isinstance(decoder, dict):
+        return None, [f"cfg.model.modalities.image.decoder is a {type(decoder).__name__}, not a mapping"]
     off = ("layer_norm_target_layer", "batch_norm_target_layer", "instance_norm_targets", "end_of_block_targets",
            "loss_beta", "recon_loss", "shared_decoder")
     notes = [f"{k}={model_cfg[k]!r} is not implemented" for k in off if model_cfg.get(k)]
@@ -249,41 +279,85 @@ def eat_config_from_fairseq(model_cfg: dict, encoder_cfg: EncoderConfig) -> tupl
             ema_anneal_end_step=int(model_cfg.get("ema_anneal_end_step", 0)),
             loss_scale=model_cfg.get("loss_scale"),
         ), []
-    except ValueError as e:
+    except (ValueError, TypeError, AttributeError) as e:  # a wrongly typed field: no pretraining config
         return None, [str(e)]
 
 
-def encoder_config_from_hf(hf_cfg: dict, positions_rows: int | None = None) -> EncoderConfig:
-    """EncoderConfig from the Hugging Face port's ``config.json``; ``positions_rows`` (the stored table's
-    row count) takes precedence over its ``max_length``."""
-    if hf_cfg.get("layer_norm_first", False):
-        raise ConversionError("unsupported HF config: layer_norm_first=True")
-    patch = int(hf_cfg.get("patch_size", 16))
-    stride = int(hf_cfg.get("stride", patch))
-    mels = int(hf_cfg.get("mel_bins", 128))
-    img_size = hf_cfg.get("img_size") or [1024, mels]
+_REQUIRED = object()
+# The fields of the Hugging Face port's config.json that the conversion reads: key -> (type, default).
+# Other keys (architectures, model_type, num_classes, ...) are not used and not checked.
+HF_FIELDS: dict[str, tuple[Any, Any]] = {
+    "embed_dim": (int, _REQUIRED), "depth": (int, _REQUIRED), "num_heads": (int, _REQUIRED),
+    "mlp_ratio": (float, 4.0), "patch_size": (int, 16), "stride": (int, None), "in_chans": (int, 1),
+    "mel_bins": (int, 128), "img_size": (tuple[int, int], None), "max_length": (int, 768),
+    "qkv_bias": (bool, True), "norm_eps": (float, 1e-6), "layer_norm_first": (bool, False),
+}
+
+
+def check_hf_config(doc: Any, where: str | Path = "config.json") -> dict[str, Any]:
+    """The fields of a Hugging Face ``config.json`` document this converter uses (:data:`HF_FIELDS`),
+    typed and checked; anything else is one :class:`ConversionError` naming ``where`` and the key.
+
+    A missing or ``null`` optional field takes its default; numbers must be finite and positive."""
+    if not isinstance(doc, dict):
+        raise ConversionError(f"{where}: top level must be a JSON object, got {json_type(doc)}")
+    out: dict[str, Any] = {}
+    for key, (tp, default) in HF_FIELDS.items():
+        value = doc.get(key)
+        if value is None:
+            if default is _REQUIRED:
+                raise ConversionError(f"{where}: missing key '{key}' (the weights alone do not give it)")
+            out[key] = default
+            continue
+        try:
+            value = check_value(tp, value, key)
+        except ConfigError as e:
+            raise ConversionError(f"{where}: {e}") from None
+        numbers = value if isinstance(value, tuple) else (value,)
+        if tp is not bool and not all(math.isfinite(v) and v > 0 for v in numbers):
+            raise ConversionError(f"{where}: {key}: must be {'positive' if tp is int else 'a finite positive number'}"
+                                  f", got {doc[key]!r}")
+        out[key] = value
+    return out
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a Hugging Face EAT ``config.json`` (:func:`check_hf_config`); one
+    :class:`ConversionError` naming the file (and key) for anything wrong with it."""
+    return check_hf_config(read_json(path, ConversionError), path)
+
+
+def encoder_config_from_hf(hf_cfg: dict, positions_rows: int | None = None,
+                           where: str | Path = "config.json") -> EncoderConfig:
+    """EncoderConfig from the Hugging Face port's ``config.json`` (a parsed document, checked here with
+    :func:`check_hf_config`; ``where`` names it in messages); ``positions_rows`` (the stored table's row
+    count) takes precedence over its ``max_length``."""
+    hf = check_hf_config(hf_cfg, where)
+    if hf["layer_norm_first"]:
+        raise ConversionError(f"{where}: layer_norm_first=true is not supported")
+    patch, mels = hf["patch_size"], hf["mel_bins"]
+    stride = hf["stride"] or patch
+    target_length = hf["img_size"][0] if hf["img_size"] else 1024
+    if mels < patch or target_length < patch:
+        raise ConversionError(f"{where}: mel_bins ({mels}) and img_size[0] ({target_length}) must be at least "
+                              f"patch_size ({patch})")
     freq_patches = (mels - patch) // stride + 1
-    max_time = int(hf_cfg.get("max_length", 768)) if positions_rows is None else positions_rows // freq_patches
-    return EncoderConfig(
-        embed_dim=int(_need(hf_cfg, "embed_dim", "config.json")),
-        depth=int(_need(hf_cfg, "depth", "config.json")),
-        num_heads=int(_need(hf_cfg, "num_heads", "config.json")),
-        mlp_ratio=float(hf_cfg.get("mlp_ratio", 4.0)),
-        patch_size=patch,
-        patch_stride=(stride, stride),
-        in_chans=int(hf_cfg.get("in_chans", 1)),
-        num_mel_bins=mels,
-        target_length=int(img_size[0]),
-        pos_embed="sincos",
-        max_time_patches=max_time,
-        num_extra_tokens=1,
-        qkv_bias=bool(hf_cfg.get("qkv_bias", True)),
-        norm_eps=float(hf_cfg.get("norm_eps", 1e-6)),
-    )
+    max_time = hf["max_length"] if positions_rows is None else positions_rows // freq_patches
+    try:
+        return EncoderConfig(
+            embed_dim=hf["embed_dim"], depth=hf["depth"], num_heads=hf["num_heads"], mlp_ratio=hf["mlp_ratio"],
+            patch_size=patch, patch_stride=(stride, stride), in_chans=hf["in_chans"], num_mel_bins=mels,
+            target_length=target_length, pos_embed="sincos", max_time_patches=max_time, num_extra_tokens=1,
+            qkv_bias=hf["qkv_bias"], norm_eps=hf["norm_eps"],
+        )
+    except ConfigError as e:
+        raise ConversionError(f"{where}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- official -> ours
 def _flatten_ema(model: dict) -> dict[str, Tensor]:
+    if not isinstance(model, dict):
+        raise ConversionError(f"the state dict is a {type(model).__name__}, not a mapping of tensors")
     out = {}
     for k, v in model.items():
         if k == "_ema" and isinstance(v, dict):
@@ -295,15 +369,17 @@ def _flatten_ema(model: dict) -> dict[str, Tensor]:
     return out
 
 
-def convert_checkpoint(checkpoint: dict, hf_config: dict | None = None) -> Converted:
-    """Convert an in-memory official checkpoint (see the module docstring for the layouts)."""
+def convert_checkpoint(checkpoint: dict, hf_config: dict | None = None,
+                       hf_config_path: str | Path = "config.json") -> Converted:
+    """Convert an in-memory official checkpoint (see the module docstring for the layouts); a Hugging Face
+    one needs ``hf_config``, its parsed ``config.json`` (``hf_config_path`` names it in messages)."""
     if "cfg" in checkpoint and "model" in checkpoint:
         return _from_fairseq(checkpoint["cfg"], _flatten_ema(checkpoint["model"]))
     sd = _flatten_ema(checkpoint.get("state_dict", checkpoint))
     if "model.pre_norm.weight" in sd or "model.extra_tokens" in sd:
         if hf_config is None:
             raise ConversionError("a Hugging Face EAT checkpoint needs its config.json (num_heads is not in the weights)")
-        return _from_hf(sd, hf_config)
+        return _from_hf(sd, hf_config, hf_config_path)
     raise ConversionError(
         "not an official EAT checkpoint: expected a fairseq dict with 'cfg' and 'model', or Hugging Face "
         "weights with 'model.pre_norm.weight'"
@@ -311,7 +387,7 @@ def convert_checkpoint(checkpoint: dict, hf_config: dict | None = None) -> Conve
 
 
 def _from_fairseq(cfg: dict, sd: dict[str, Tensor]) -> Converted:
-    model_cfg = _need(cfg, "model", "cfg")
+    model_cfg = _need(cfg, "model", "cfg", dict)
     name = model_cfg.get("_name")
     if name == "data2vec_multi":
         return _fairseq_pretrain(model_cfg, sd)
@@ -343,7 +419,7 @@ def _fairseq_pretrain(model_cfg: dict, sd: dict[str, Tensor]) -> Converted:
 
 
 def _fairseq_finetune(model_cfg: dict, sd: dict[str, Tensor]) -> Converted:
-    pre = _need(model_cfg, "pretrained_model_args", "cfg.model")
+    pre = _need(model_cfg, "pretrained_model_args", "cfg.model", dict)
     mode = str(model_cfg.get("prediction_mode", "MEAN_POOLING")).split(".")[-1]
     if mode not in _PREDICTION_MODES:
         raise ConversionError(f"cfg.model.prediction_mode {mode} is not supported (only CLS_TOKEN and MEAN_POOLING)")
@@ -355,7 +431,7 @@ def _fairseq_finetune(model_cfg: dict, sd: dict[str, Tensor]) -> Converted:
     if pos_key not in enc_sd:
         raise ConversionError(f"missing keys: model.{pos_key}")
     enc_cfg = encoder_config_from_fairseq(
-        _need(pre, "model", "cfg.model.pretrained_model_args"), enc_sd[pos_key].shape[1],
+        _need(pre, "model", "cfg.model.pretrained_model_args", dict), enc_sd[pos_key].shape[1],
         "cfg.model.pretrained_model_args.model",
     )
     encoder = _rename(enc_sd, encoder_key_map(enc_cfg.depth), "fine-tuned encoder (model.*)")
@@ -366,9 +442,10 @@ def _fairseq_finetune(model_cfg: dict, sd: dict[str, Tensor]) -> Converted:
     )
 
 
-def _from_hf(sd: dict[str, Tensor], hf_cfg: dict) -> Converted:
+def _from_hf(sd: dict[str, Tensor], hf_cfg: dict, where: str | Path) -> Converted:
     positions = sd.get("model.fixed_positional_encoder.positions")
-    enc_cfg = encoder_config_from_hf(hf_cfg, None if positions is None else positions.shape[1])
+    enc_cfg = encoder_config_from_hf(hf_cfg, None if positions is None or positions.dim() < 2 else positions.shape[1],
+                                     where)
     head, enc_sd = _split(sd, "model.fc_norm.")
     head_proj, enc_sd = _split(enc_sd, "model.head.")
     head |= head_proj
@@ -414,11 +491,12 @@ def to_official(
 
 
 # ---------------------------------------------------------------------------------------------- files
-def load_official(path: str | Path) -> Converted:
+def load_official(path: str | Path, shapes_only: bool = False) -> Converted:
     """Read and convert an official checkpoint file or a Hugging Face snapshot directory.
 
     A directory must hold ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``; a
-    ``.safetensors`` file uses the ``config.json`` next to it.
+    ``.safetensors`` file uses the ``config.json`` next to it. ``shapes_only``: the tensors are meta
+    tensors read from the file's header (:func:`read_tensor_file`), for checking shapes cheaply.
     """
     path = Path(path)
     if not path.exists():
@@ -431,28 +509,22 @@ def load_official(path: str | Path) -> Converted:
             raise ConversionError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
         path = weights
     cfg_file = path.parent / "config.json"
-    if cfg_file.is_file():
-        try:
-            hf_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise ConversionError(f"{cfg_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise ConversionError(f"{cfg_file}: not valid JSON ({e})") from None
+    if cfg_file.exists():
+        hf_cfg = read_json(cfg_file, ConversionError)  # checked field by field where it is used (_from_hf)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            checkpoint = load_file(str(path))
+            checkpoint = read_tensor_file(path, shapes_only)
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
     else:
-        checkpoint = _torch_load(path)
+        checkpoint = _torch_load(path, shapes_only)
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path}: expected a dict, found a {type(checkpoint).__name__}")
     try:
-        return convert_checkpoint(checkpoint, hf_cfg)
+        return convert_checkpoint(checkpoint, hf_cfg, cfg_file)
     except ConversionError as e:
-        raise ConversionError(f"{path}: {e}") from None
+        message = str(e)
+        raise ConversionError(message if message.startswith(str(cfg_file)) else f"{path}: {message}") from None
 
 
 def _load_failure_reason(error: Exception) -> str:
@@ -468,9 +540,79 @@ def _load_failure_reason(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _torch_load(path: Path) -> Any:
-    try:
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled magic number of torch.save's old format
+
+
+def load_weights_only(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warning about the pickle
+    protocol of a file it is about to refuse (the caller's one-line error says what is wrong). Raises
+    what ``torch.load`` raises; :func:`weights_only_failure` turns that into a reason."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pickle protocol")
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def to_meta(obj: Any) -> Any:
+    """``obj`` with every tensor replaced by an empty one of the same shape and dtype on the meta device
+    (nested dicts and lists followed): what a shape check needs, without the numbers."""
+    if isinstance(obj, Tensor):
+        return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
+    if isinstance(obj, dict):
+        return {k: to_meta(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_meta(v) for v in obj)
+    return obj
+
+
+def read_tensor_file(path: str | Path, shapes_only: bool = False) -> Any:
+    """A ``.safetensors`` file (a dict of tensors) or a ``torch.save`` file (weights only). With
+    ``shapes_only`` the numbers are not read: safetensors gives its header, a torch file is memory-mapped
+    (its tensors are never touched), and the result holds meta tensors (:func:`to_meta`)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        if not shapes_only:
+            return load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    if not shapes_only:
+        return load_weights_only(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
+            return to_meta(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # the old (non-zip) format cannot be memory-mapped: read it whole
+            raise
+        return to_meta(load_weights_only(path))
+
+
+def weights_only_failure(path: str | Path, error: Exception) -> str:
+    """Why :func:`load_weights_only` could not read ``path``, in one line. The file's first bytes say what
+    it is: empty, a plain ``pickle.dump`` file (not ``torch.save`` output), a damaged ``torch.save`` zip
+    archive, or something else entirely; otherwise the unpickler's own reason."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+    except OSError as e:
+        return e.strerror or str(e)
+    if not head:
+        return "empty file"
+    if head[:1] == b"\x80" and head != _LEGACY_TORCH_MAGIC:
+        return "a plain Python pickle (pickle.dump), not a torch.save file; save the tensors with torch.save"
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        return f"not a torch.save file (it starts with {head[:8]!r})"
+    reason = _load_failure_reason(error)
+    if head[:2] == b"PK" and "zip archive" in reason:
+        return f"a damaged zip archive ({reason.split('. ')[0]})"
+    return reason
+
+
+def _torch_load(path: Path, shapes_only: bool = False) -> Any:
+    try:
+        return read_tensor_file(path, shapes_only)
     except Exception as e:
         unsafe = []
         try:
@@ -478,7 +620,8 @@ def _torch_load(path: Path) -> Any:
         except Exception:
             pass
         if not unsafe:
-            raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({_load_failure_reason(e)})") from None
+            raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({weights_only_failure(path, e)})") \
+                from None
         raise ConversionError(
             f"{path}: refusing to unpickle {', '.join(unsafe)} (torch.load weights_only=True). If you trust "
             "this file, re-save it with plain contents, e.g. ck = torch.load(path, weights_only=False); "

@@ -112,6 +112,21 @@ class EATConfig:
             raise ConfigError(f"utterance_reduction: {self.utterance_reduction!r} is not one of official, mean")
         if self.clone_batch < 1 or not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError("clone_batch must be >= 1 and mask_ratio in (0, 1)")
+        for key in ("decoder_dim", "decoder_groups", "decoder_kernel", "decoder_layers", "mask_block"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.decoder_dim % self.decoder_groups:
+            raise ConfigError(f"decoder_dim {self.decoder_dim} is not divisible by decoder_groups {self.decoder_groups}")
+        for key in ("ema_decay", "ema_end_decay"):
+            if not 0.0 <= getattr(self, key) <= 1.0:  # also refuses NaN
+                raise ConfigError(f"{key}: must lie in [0, 1], got {getattr(self, key)}")
+        for key in ("mask_adjust", "mask_noise_std", "cls_loss_weight", "frame_loss_weight"):
+            if not 0.0 <= getattr(self, key) < math.inf:
+                raise ConfigError(f"{key}: must be a finite number >= 0, got {getattr(self, key)}")
+        if self.ema_anneal_end_step < 0:
+            raise ConfigError(f"ema_anneal_end_step: must be >= 0, got {self.ema_anneal_end_step}")
+        if self.loss_scale is not None and not 0.0 < self.loss_scale < math.inf:
+            raise ConfigError(f"loss_scale: must be a finite number > 0 or null, got {self.loss_scale}")
         if not 0 <= self.utterance_top_k_layers <= self.encoder.depth:
             raise ConfigError(f"utterance_top_k_layers must be in [0, encoder.depth={self.encoder.depth}], "
                               f"got {self.utterance_top_k_layers}")

@@ -66,6 +66,15 @@ class EncoderConfig:
     proj_drop: float = 0.0
 
     def __post_init__(self) -> None:
+        for key in ("embed_dim", "num_heads", "patch_size", "in_chans", "num_mel_bins", "target_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("mlp_ratio", "norm_eps"):
+            if not getattr(self, key) > 0:  # also refuses NaN
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("drop_path", "attn_drop", "proj_drop"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must lie in [0, 1), got {getattr(self, key)}")
         self.patch_stride = tuple(int(s) for s in self.patch_stride)  # JSON gives a list
         if len(self.patch_stride) != 2 or min(self.patch_stride) < 1:
             raise ConfigError(f"patch_stride must be two positive ints (time, freq), got {self.patch_stride}")

@@ -173,10 +173,13 @@ def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(p)
+    from eat.model.convert import load_weights_only, weights_only_failure
+
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = load_weights_only(p)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal or corruption is a bad user file
-        raise ConfigError(f"model.imagenet: {p} is not a weights-only torch file ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"model.imagenet: {p}: not a weights-only torch file ({weights_only_failure(p, e)})") \
+            from None
     return obj.get("model", obj) if isinstance(obj, dict) else obj
 
 
@@ -438,7 +441,8 @@ def build_loaders(cfg: FinetuneConfig, train_set: LabelSet, eval_set: LabelSet,
     if sampler.per_rank < data.batch_size:
         raise ConfigError(f"data.batch_size {data.batch_size} is larger than the {sampler.per_rank} training clips "
                           "per rank and epoch")
-    train = build_loader(train_ds, sampler, data.batch_size, data.num_workers, train=True)
+    train = build_loader(train_ds, sampler, data.batch_size, data.num_workers, train=True,
+                         max_bad_clips=data.max_bad_clips)
     return train, eval_loader(cfg, eval_set, env)
 
 
@@ -454,7 +458,8 @@ def eval_loader(cfg: FinetuneConfig, labels: LabelSet, env: DistEnv) -> Skipping
     ds = labelled_dataset(labels, data.frontend, train=False, return_waveform=waveform_batches(cfg),
                           seed=cfg.train.seed, max_bad_fraction=data.max_bad_fraction)
     sampler = ResumableDistributedSampler(len(ds), env.world_size, env.rank, shuffle=False, drop_last=False)
-    return build_loader(ds, sampler, data.eval_batch_size or data.batch_size, data.num_workers, train=False)
+    return build_loader(ds, sampler, data.eval_batch_size or data.batch_size, data.num_workers, train=False,
+                        max_bad_clips=data.max_bad_clips)
 
 
 def holdout_split(train_set: LabelSet, fraction: float, seed: int) -> tuple[LabelSet, LabelSet, torch.Tensor]:

@@ -15,11 +15,13 @@ Formats (``data.format``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from eat.audio.fbank import FrontendConfig
+from eat.config import read_text
 from eat.data.manifest import (
     LabelledItem,
     LabelSet,
@@ -69,9 +71,10 @@ class DataSection:
     epoch_samples: int = 0
     batch_size: int = 48
     eval_batch_size: int = 0  # 0: same as batch_size
-    num_workers: int = 4
+    num_workers: int | Literal["auto"] = "auto"  # loader processes: auto = one per available core, at most 8
     fbank_on_device: bool = False
-    max_bad_fraction: float = 0.01
+    max_bad_fraction: float = 0.01  # stop when more of an epoch's clips (per rank) are unreadable than this
+    max_bad_clips: int = 10  # ... and than this many (below half the epoch): one bad file never stops a small set
     shard_window: int = 4096
     val_fraction: float = 0.0
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
@@ -126,7 +129,8 @@ def read_speech_commands(root: str | Path, split: Literal["train", "valid", "tes
     """One split of a Speech Commands v2 folder (the official list files decide valid/test)."""
     root = Path(root)
     if not root.is_dir():
-        raise ManifestError(f"{root}: Speech Commands root not found")
+        raise ManifestError(f"{root}: {'a file, not' if root.exists() else 'not found:'} the Speech Commands v2 "
+                            "folder (word folders + validation_list.txt, testing_list.txt)")
     words = speech_commands_classes(root)
     index = {w: i for i, w in enumerate(words)}
     lists = {}
@@ -134,10 +138,7 @@ def read_speech_commands(root: str | Path, split: Literal["train", "valid", "tes
         path = root / fname
         if not path.is_file():
             raise ManifestError(f"{path}: file not found (part of the Speech Commands v2 layout)")
-        try:
-            lists[name] = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise ManifestError(f"{path}: cannot read ({e})") from None
+        lists[name] = [ln.strip() for ln in read_text(path, ManifestError).splitlines() if ln.strip()]
     if split == "train":
         held_out = set(lists["valid"]) | set(lists["test"])
         rels = sorted(f"{w}/{p.name}" for w in words for p in (root / w).glob("*.wav"))
@@ -158,13 +159,18 @@ def read_speech_commands(root: str | Path, split: Literal["train", "valid", "tes
 def read_weights(path: str | Path, count: int) -> list[float]:
     """Per-clip sampling weights, one number per line, exactly ``count`` of them."""
     path = Path(path)
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read ({e})") from None
+    lines = [ln.strip() for ln in read_text(path, ManifestError).splitlines() if ln.strip()]
     if len(lines) != count:
         raise ManifestError(f"{path}: {len(lines)} weights for {count} training clips")
-    try:
-        return [float(x.split(",")[-1]) for x in lines]
-    except ValueError:
-        raise ManifestError(f"{path}: weights must be numbers") from None
+    weights = []
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            w = float(line.split(",")[-1])
+        except ValueError:
+            raise ManifestError(f"{path}: weight {lineno} ({line!r:.40}) is not a number") from None
+        if not math.isfinite(w) or w < 0:
+            raise ManifestError(f"{path}: weight {lineno} is {w}; weights must be finite and >= 0")
+        weights.append(w)
+    if not any(weights):
+        raise ManifestError(f"{path}: every weight is 0")
+    return weights

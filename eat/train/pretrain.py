@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,6 @@ from typing import Any, Literal
 import soundfile
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
 from eat.audio.fbank import FrontendConfig
@@ -48,12 +48,12 @@ from eat.config import ConfigError, from_dict, load_config, to_dict
 from eat.data import BadDataError, ManifestError, MaskConfig, PretrainDataset, ResumableDistributedSampler
 from eat.data import build_loader as build_data_loader
 from eat.data.batch import Batch, model_input
-from eat.data.loaders import SkippingLoader, check_loader_config
-from eat.data.manifest import scan_audio, write_manifest
+from eat.data.loaders import SkippingLoader, check_loader_config, resolve_workers
+from eat.data.manifest import read_manifest, scan_audio, write_manifest
 from eat.data.norm_stats import compute_stats
-from eat.data.shards import ShardPretrainDataset, ShardSampler
+from eat.data.shards import ShardPretrainDataset, ShardSampler, ShardSet
 from eat.export import ExportError, is_export_dir, read_export
-from eat.model.convert import ConversionError, load_official
+from eat.model.convert import ConversionError, load_official, read_tensor_file
 from eat.model.eat import EATConfig, EATModel, eat_config
 from eat.model.vit import EncoderConfig
 from eat.train.checkpoint import MODEL_FILE, CheckpointError, find_checkpoint
@@ -87,7 +87,9 @@ class DataConfig:
     train_shards: str = ""  # shard folder (or its index.json) from tools/make_shards.py, for format=shards
     shard_window: int = 4096  # shuffle window (clips) of the shard order (format=shards; docs/design.md)
     batch_size: int = 12  # clips per device per micro-batch
-    num_workers: int = 8  # loader worker processes per device; they decode audio and make the masks
+    # loader worker processes per device (they decode audio and make the masks); auto: one per core this
+    # process may use, at most 8 (eat.data.loaders.resolve_workers); a number is kept as set
+    num_workers: int | Literal["auto"] = "auto"
     prefetch_factor: int = 4  # batches each worker prepares ahead
     fbank_on_device: bool = False  # workers return waveforms; the fbank runs batched on the device
     norm: Literal["audioset", "esc50", "spc2"] = "audioset"  # normalisation statistics (a recipe's preset)
@@ -96,7 +98,8 @@ class DataConfig:
     norm_mean: float | None = None
     norm_std: float | None = None
     crop: Literal["head", "random"] = "head"  # which window of a longer clip: the start, or a random one
-    max_bad_fraction: float = 0.01  # stop when more of an epoch's clips (per rank) are unreadable
+    max_bad_fraction: float = 0.01  # stop when more of an epoch's clips (per rank) are unreadable than this
+    max_bad_clips: int = 10  # ... and than this many (below half the epoch): one bad file never stops a small set
 
 
 @dataclass
@@ -184,8 +187,9 @@ class InitWeights:
     decoder: dict[str, Tensor] | None = None
 
 
-def load_init(path: str | Path) -> InitWeights:
+def load_init(path: str | Path, shapes_only: bool = False) -> InitWeights:
     """Read pretrained weights for ``model.init``; any problem is a one-line :class:`ConfigError`.
+    ``shapes_only``: meta tensors from the files' headers (what ``--check`` compares with the model).
 
     Accepted: an official EAT pretraining checkpoint (fairseq ``.pt`` with the nested ``_ema`` teacher and
     the decoder, or a Hugging Face snapshot / ``.safetensors`` with its ``config.json``: encoder only); one
@@ -198,12 +202,12 @@ def load_init(path: str | Path) -> InitWeights:
         raise ConfigError(f"model.init: {p}: no such file or directory")
     try:
         if is_export_dir(p):
-            _, tensors = read_export(p)
+            _, tensors = read_export(p, shapes_only)
             student = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
             return InitWeights(f"exported encoder {p}", student)
         step = find_checkpoint(p)
         if step is not None:
-            state = load_file(step / MODEL_FILE)
+            state = read_tensor_file(step / MODEL_FILE, shapes_only)
             parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")}
                      for name in ("student", "teacher", "decoder")}
             if not parts["student"]:
@@ -211,12 +215,12 @@ def load_init(path: str | Path) -> InitWeights:
                                   "for a fine-tuned model export it and pass the export directory")
             return InitWeights(f"checkpoint {step}", parts["student"], parts["teacher"] or None,
                                parts["decoder"] or None)
-        conv = load_official(p)
+        conv = load_official(p, shapes_only)
     except (ConversionError, ExportError, CheckpointError) as e:
         raise ConfigError(f"model.init: {e}") from None
     except (SafetensorError, OSError) as e:
         raise ConfigError(f"model.init: {p}: unreadable ({str(e).splitlines()[0]})") from None
-    if conv.head is not None:
+    if conv.head is not None and not shapes_only:
         log.warning("model.init: %s is a fine-tuned checkpoint; starting from its encoder (head dropped)", p)
     return InitWeights(f"{conv.source_format} checkpoint {p}", conv.encoder, conv.teacher, conv.decoder)
 
@@ -246,14 +250,10 @@ def _mismatches(part: str, tensors: dict[str, Tensor], expected: dict[str, Tenso
     return problems
 
 
-def apply_init(model: EATModel, weights: InitWeights, preset: str = "") -> None:
-    """Load ``weights`` into ``model``: the student; the teacher from the EMA weights when there are
-    some, else a copy of the student; the decoder when there is one, else it keeps its fresh random
-    weights (with a warning). Positional tables are sliced to the model (:func:`fit_positions`).
-
-    Every tensor is checked before anything is loaded; a mismatch is one :class:`ConfigError` line listing
-    the first mismatching keys with their shapes (file vs model).
-    """
+def fit_init(model: EATModel, weights: InitWeights, preset: str = "") -> dict[str, dict[str, Tensor]]:
+    """The tensors of ``weights`` for each part of ``model`` (positional tables sliced, :func:`fit_positions`),
+    checked against its shapes: a mismatch is one :class:`ConfigError` line listing the first mismatching
+    keys (file vs model). Works on meta tensors and a model built on the meta device (``--check``)."""
     freq = model.student.num_freq_patches
     parts = {"student": (model.student, weights.student),
              "teacher": (model.teacher, weights.teacher if weights.teacher is not None else weights.student)}
@@ -269,9 +269,33 @@ def apply_init(model: EATModel, weights: InitWeights, preset: str = "") -> None:
         arch = f"model.preset={preset} and " if preset else ""
         raise ConfigError(f"model.init: {weights.source} does not fit the model ({shown}; shapes are file vs "
                           f"model): set {arch}model.encoder.* to the checkpoint's architecture")
+    return fitted
+
+
+def check_init(cfg: PretrainConfig) -> None:
+    """Refuse ``model.init`` weights that do not fit the configured model, reading only their shapes (file
+    headers / a memory map, and the model built on the meta device): what ``--check`` runs before torchrun
+    starts ranks, so a mismatch is one line there instead of a rank's error plus torchrun's traceback."""
+    init = init_path(cfg.model)
+    if not init:
+        return
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+        model = EATModel(accumulation_aware(resolve_model(cfg.model), cfg.train.grad_accum))
+    fit_init(model, load_init(init, shapes_only=True), str(cfg.model.get("preset", "base")))
+
+
+def apply_init(model: EATModel, weights: InitWeights, preset: str = "") -> None:
+    """Load ``weights`` into ``model``: the student; the teacher from the EMA weights when there are
+    some, else a copy of the student; the decoder when there is one, else it keeps its fresh random
+    weights (with a warning). Positional tables are sliced to the model (:func:`fit_positions`).
+
+    Every tensor is checked before anything is loaded (:func:`fit_init`).
+    """
+    fitted = fit_init(model, weights, preset)
     with torch.no_grad():
-        for name, (module, _) in parts.items():
-            module.load_state_dict(fitted[name])
+        for name, tensors in fitted.items():
+            getattr(model, name).load_state_dict(tensors)
     if weights.decoder is None:
         log.warning("model.init: %s has no decoder; the decoder starts from random weights", weights.source)
     if weights.teacher is None:
@@ -318,7 +342,8 @@ def build_loader(cfg: PretrainConfig, model_cfg: EATConfig, model: EATModel,
                                               seed=cfg.train.seed)
     loader = build_data_loader(dataset, sampler, data.batch_size, num_workers=data.num_workers,
                                pin_memory=env.device.type == "cuda",
-                               prefetch_factor=data.prefetch_factor if data.num_workers > 0 else None)
+                               prefetch_factor=data.prefetch_factor,
+                               max_bad_clips=data.max_bad_clips)
     return loader, frontend
 
 
@@ -364,15 +389,18 @@ def resolved_config(cfg: PretrainConfig, model_cfg: EATConfig) -> dict[str, Any]
     return resolved
 
 
-def check_config(cfg: PretrainConfig) -> None:
-    """Every value a run would refuse later, refused now (``--check`` runs this before torchrun starts ranks)."""
+def check_config(cfg: PretrainConfig, deep: bool = False) -> None:
+    """Every value a run would refuse later, refused now (``--check`` runs this before torchrun starts ranks);
+    ``deep`` (``--check``): also read the manifest (or the shard index) and whether ``model.init``'s tensors
+    fit the model (:func:`check_init`, shapes only), which a run does on every rank anyway."""
     model_cfg = resolve_model(cfg.model)
+    frontend_for(cfg.data, model_cfg)
     if model_cfg.mix and cfg.data.batch_size < 2:
         raise ConfigError(f"data.batch_size: mixture pretraining (model.mix=true) mixes each clip with its "
                           f"neighbour in the batch, so it needs at least 2 clips per rank, got {cfg.data.batch_size}")
     check_train_config(cfg.train)
     check_loader_config(cfg.data.batch_size, cfg.data.num_workers, cfg.data.prefetch_factor,
-                        cfg.data.max_bad_fraction)
+                        cfg.data.max_bad_fraction, max_bad_clips=cfg.data.max_bad_clips)
     if cfg.data.shard_window < 1:
         raise ConfigError(f"data.shard_window must be >= 1, got {cfg.data.shard_window}")
     if cfg.data.format == "shards":
@@ -380,13 +408,20 @@ def check_config(cfg: PretrainConfig) -> None:
             raise ConfigError("data.train_shards is not set (pass data.train_shards=/path/to/shards with "
                               "data.format=shards)")
         if not Path(cfg.data.train_shards).exists():
-            raise ManifestError(f"training shards not found: {cfg.data.train_shards}")
+            raise ManifestError(f"data.train_shards: {cfg.data.train_shards}: no such folder")
     elif not cfg.data.train_manifest:
         raise ConfigError("data.train_manifest is not set (pass data.train_manifest=/path/to/train.tsv)")
     elif not Path(cfg.data.train_manifest).is_file():
-        raise ManifestError(f"training manifest not found: {cfg.data.train_manifest}")
+        what = "is a folder, not a manifest" if Path(cfg.data.train_manifest).is_dir() else "no such file"
+        raise ManifestError(f"data.train_manifest: {cfg.data.train_manifest}: {what}")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda, but CUDA is not available here (use train.device=cpu or auto)")
+    if deep:
+        source = cfg.data.train_shards if cfg.data.format == "shards" else cfg.data.train_manifest
+        clips = len(ShardSet(source) if cfg.data.format == "shards" else read_manifest(source))
+        if clips == 0:
+            raise ManifestError(f"{source}: lists no clips")
+        check_init(cfg)
 
 
 def run(cfg: PretrainConfig) -> int:
@@ -492,7 +527,7 @@ def prepare_own_data(audio_dir: str | Path, out_dir: str | Path, max_target_leng
     """
     src, out = Path(audio_dir).resolve(), Path(out_dir)
     if not src.is_dir():
-        raise ConfigError(f"{audio_dir}: not a directory")
+        raise ConfigError(f"--data-dir {audio_dir}: {'a file, not a folder of audio' if Path(audio_dir).exists() else 'no such folder'}")
     settings = {"audio_dir": str(src), "max_target_length": max_target_length, "target_length": target_length,
                 "exts": list(exts), "stats_clips": stats_clips, "seed": seed, "num_mel_bins": num_mel_bins}
     record = out / PREPARED_FILE
@@ -528,6 +563,7 @@ def prepare_own_data(audio_dir: str | Path, out_dir: str | Path, max_target_leng
     length, explanation = choose_target_length(frames, max_target_length, requested=target_length,
                                                frame_shift_ms=frontend.frame_shift_ms)
     stats, skipped = compute_stats([src / good[i][0] for i in picked], frontend, length, workers=workers,
+                                   workers_key="data.num_workers",
                                    seed=seed, progress=progress)
     if stats.count == 0:
         raise ConfigError(f"{audio_dir}: none of the clips could be decoded for the normalisation statistics "
@@ -555,6 +591,6 @@ def own_data_overrides(config: str | Path | None, overrides: list[str], audio_di
     given = any(o.split("=", 1)[0].strip() == "model.encoder.target_length" for o in overrides)
     data = prepare_own_data(audio_dir, Path(cfg.train.out_dir) / "data", max_target_length=enc.target_length,
                             target_length=enc.target_length if given else None, seed=cfg.train.seed,
-                            num_mel_bins=enc.num_mel_bins, workers=max(1, cfg.data.num_workers),
+                            num_mel_bins=enc.num_mel_bins, workers=resolve_workers(cfg.data.num_workers),
                             progress=progress, reuse_only=world_size > 1)
     return data.overrides() + list(overrides), data

@@ -500,6 +500,8 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"train.out_dir: {q} is a file, not a folder")
     if not cfg.resume:
         raise ConfigError("train.resume: use auto, none or a run / step_* folder")
+    if cfg.resume not in ("auto", "none") and not Path(cfg.resume).exists():
+        raise ConfigError(f"train.resume: {cfg.resume}: no such run or step_* folder (or use auto / none)")
 
 
 def _last_good(run_dir: Path, loaded: Path) -> Path | None:
