@@ -585,3 +585,11 @@ def test_end_progress_bars_ends_an_open_bar_with_a_newline():
     bar.update(3)
     end_progress_bars()  # what cli_main does before printing its error line
     assert out.getvalue().endswith("\n") and "3/10" in out.getvalue().rsplit("\r", 1)[-1]
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "nan"])
+def test_finetune_drop_path_is_named_with_its_section(tmp_path, capsys, value):
+    from eat.train.finetune import ModelSection, build_classifier
+
+    with pytest.raises(ConfigError, match=r"^model.drop_path: must lie in \[0, 1\)"):
+        build_classifier(ModelSection(preset="tiny", drop_path=float(value)), 3, 256)

@@ -185,6 +185,8 @@ def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
 
 def build_classifier(model: ModelSection, num_classes: int, target_length: int) -> Classifier:
     """The classifier a :class:`ModelSection` describes, for inputs of ``target_length`` frames."""
+    if not 0.0 <= model.drop_path < 1.0:  # also refuses NaN; named here, the encoder would not know the key
+        raise ConfigError(f"model.drop_path: must lie in [0, 1), got {model.drop_path}")
     common = dict(drop_path=model.drop_path, patchout=model.patchout, layers=model.layers, pooling=model.pooling)
     if model.prediction_mode:
         common["prediction_mode"] = model.prediction_mode
