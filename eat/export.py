@@ -44,6 +44,7 @@ from eat.config import ConfigError, from_dict, read_json, to_dict
 from eat.data.manifest import ManifestError, read_class_csv
 from eat.features import FeatureExtractor
 from eat.model.classifier import Classifier, ClassifierConfig
+from eat.model.convert import read_tensor_file
 from eat.model.vit import Encoder, EncoderConfig
 from eat.utils.device import resolve_device
 
@@ -142,8 +143,6 @@ def read_export(path: str | os.PathLike, shapes_only: bool = False) -> tuple[Exp
     cfg = parse_config(read_json(cfg_path, ExportError), cfg_path)
     try:
         if shapes_only:
-            from eat.model.convert import read_tensor_file
-
             tensors = read_tensor_file(weights_path, shapes_only=True)
         else:
             tensors = load_file(weights_path)

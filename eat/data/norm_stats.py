@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from eat.audio.fbank import FrontendConfig, fbank, pad_or_crop
 from eat.audio.io import AudioError, load_audio, remove_dc
+from eat.data.loaders import quiet_dataloader, resolve_workers
 
 
 class RunningStats:
@@ -85,8 +86,6 @@ def compute_stats(
 ) -> tuple[RunningStats, list[str]]:
     """Statistics over ``paths`` and the messages of the files that were skipped. ``workers``: loader
     processes, or ``"auto"`` (:func:`eat.data.loaders.resolve_workers`; ``workers_key`` names the setting)."""
-    from eat.data.loaders import quiet_dataloader, resolve_workers
-
     clips = _Clips(paths, cfg, target_length, seed)
     workers = resolve_workers(workers, workers_key)
     loader = quiet_dataloader(clips, batch_size=None, num_workers=workers, collate_fn=_keep)

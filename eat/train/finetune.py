@@ -61,6 +61,7 @@ from eat.eval.metrics import accuracy, multilabel_summary
 from eat.eval.probe import DEFAULT_WEIGHT_DECAYS, fit_linear, validation_split, weight_decay_on_validation
 from eat.export import ExportError, read_export, save_export
 from eat.model.classifier import Classifier, ClassifierConfig, PatchoutConfig, classifier_config, head_spec
+from eat.model.convert import load_weights_only, weights_only_failure
 from eat.model.imagenet_init import from_imagenet_vit
 from eat.model.vit import EncoderConfig
 from eat.train.dist import DistEnv
@@ -173,8 +174,6 @@ def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(p)
-    from eat.model.convert import load_weights_only, weights_only_failure
-
     try:
         obj = load_weights_only(p)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal or corruption is a bad user file
