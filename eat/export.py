@@ -6,7 +6,8 @@ and loading it never unpickles anything (JSON and safetensors only). Layout::
     config.json        {"format": "eat-encoder", "format_version": 1,
                         "encoder": EncoderConfig fields, "frontend": FrontendConfig fields,
                         "head": null | {"num_classes", "prediction_mode", "head_norm_eps", "class_names"?,
-                                 "layers"?, "pooling"? (the pooled head)},
+                                 "layers"?, "pooling"? (the pooled head),
+                                 "sed"? (a sound event detector: eat.model.sed.SEDConfig fields)},
                         "meta": {"source", "step", "created", "toolkit_version", ...}}
     model.safetensors  encoder.* (and fc_norm.*, head.* for classifiers), float32
 
@@ -41,6 +42,7 @@ from eat.config import ConfigError, from_dict, to_dict
 from eat.data.manifest import ManifestError, read_class_csv
 from eat.features import FeatureExtractor
 from eat.model.classifier import Classifier, ClassifierConfig, head_spec
+from eat.model.sed import SEDConfig, SEDModel
 from eat.model.vit import Encoder, EncoderConfig
 
 FORMAT = "eat-encoder"
@@ -48,7 +50,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOP_KEYS = ("format", "format_version", "encoder", "frontend", "head", "meta")
-HEAD_KEYS = ("num_classes", "prediction_mode", "head_norm_eps", "class_names", "layers", "pooling")
+HEAD_KEYS = ("num_classes", "prediction_mode", "head_norm_eps", "class_names", "layers", "pooling", "sed")
 HEAD_PREFIXES = ("fc_norm.", "head.")
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,8 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     cfg, tensors = read_export(path)
     if cfg.head is None:
         raise ExportError(f"{path}: this export has no classifier head (use load_encoder)")
+    if "sed" in cfg.head:
+        raise ExportError(f"{path}: this export is a sound event detector (load it with eat.detect.load_detector)")
     model = _build_module(cfg)
     _check_tensors(model, tensors, str(Path(path) / WEIGHTS_FILE))
     model.load_state_dict(tensors)
@@ -585,6 +589,10 @@ def _check_head(head: Any, where: str | os.PathLike) -> dict[str, Any] | None:
         if not isinstance(names, list) or len(names) != head["num_classes"]:
             raise ExportError(f"{where}: head.class_names must list {head['num_classes']} names")
         out["class_names"] = [str(n) for n in names]
+    if head.get("sed") is not None:  # a frame-level detector (eat.model.sed)
+        if not isinstance(head["sed"], dict):
+            raise ExportError(f"{where}: head.sed must be an object")
+        out["sed"], out["prediction_mode"] = dict(head["sed"]), "sed"
     return out
 
 
@@ -594,6 +602,12 @@ def _build_module(cfg: ExportConfig) -> nn.Module:
         holder = nn.Module()
         holder.encoder = Encoder(cfg.encoder)
         return holder
+    if "sed" in cfg.head:
+        try:
+            sed = from_dict(SEDConfig, {**cfg.head["sed"], "num_classes": cfg.head["num_classes"]}, "head.sed")
+        except ConfigError as e:
+            raise ExportError(f"head: {e}") from None
+        return SEDModel(sed, Encoder(cfg.encoder))
     head = {k: v for k, v in cfg.head.items() if k != "class_names"}
     try:
         ccfg = from_dict(ClassifierConfig, {**head, "encoder": to_dict(cfg.encoder)})
