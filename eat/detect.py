@@ -24,6 +24,8 @@ Files at another sample rate are decoded whole and resampled first (memory then 
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,3 +251,50 @@ def write_scores_tsv(path: str | Path, scores: np.ndarray, hop: float, class_nam
               for j in range(len(scores))]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def read_postprocess(path: str | Path, class_names: list[str]) -> PostProcess:
+    """A post-processing file (JSON ``{"median_filter": s | [s per class], "thresholds": t | [t per class]}``,
+    written by the SED fine-tuning with the values chosen on validation)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read post-processing settings ({e})") from None
+    if not isinstance(doc, dict) or set(doc) - {"median_filter", "thresholds"}:
+        raise ValueError(f"{path}: expected an object with keys median_filter and thresholds")
+    post = PostProcess(doc.get("median_filter", 0.0), doc.get("thresholds", 0.5))
+    for key in ("median_filter", "thresholds"):
+        value = getattr(post, key)
+        if isinstance(value, list) and len(value) != len(class_names):
+            raise ValueError(f"{path}: {key} lists {len(value)} values for {len(class_names)} classes")
+    return post
+
+
+def run_detection(detector: SoundEventDetector, files: list[Path], out: Path, post: PostProcess,
+                  names: list[str] | None = None, context: int | None = None, batch_size: int = 8,
+                  write_scores: bool = False, progress: bool = True, log=print) -> dict:
+    """Detect events in ``files``; write ``out/events.tsv`` (``filename onset offset event_label score``) and,
+    with ``write_scores``, ``out/scores/<name>.tsv``. Unreadable files are skipped and counted. Returns
+    totals: files, bad files, audio seconds, wall seconds, x real time."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = names or [f.name for f in files]
+    rows, bad, audio_s, wall = ["filename\tonset\toffset\tevent_label\tscore"], [], 0.0, 0.0
+    for path, name in zip(files, names, strict=True):
+        t0 = time.perf_counter()
+        try:
+            scores, events, dur = detect_file(detector, path, context, batch_size, post, progress)
+        except AudioError as e:
+            bad.append(str(e))
+            log(f"skipped: {e}")
+            continue
+        dt = time.perf_counter() - t0
+        audio_s, wall = audio_s + dur, wall + dt
+        rows += [f"{name}\t{a:.3f}\t{b:.3f}\t{c}\t{s:.4f}" for a, b, c, s in events]
+        if write_scores:
+            write_scores_tsv(out / "scores" / f"{Path(name).with_suffix('')}.tsv", scores, detector.hop,
+                             detector.class_names)
+        log(f"{name}: {dur:.1f} s of audio, {len(events)} events, {dur / max(dt, 1e-9):.1f}x real time")
+    (out / "events.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return {"files": len(files) - len(bad), "bad_files": bad, "audio_seconds": audio_s, "wall_seconds": wall,
+            "x_real_time": audio_s / max(wall, 1e-9)}

@@ -288,3 +288,30 @@ def test_sed_export_round_trip(tmp_path):
     assert det.class_names == ["a", "b", "c"] and det.hop == 0.04
     with pytest.raises(ExportError, match="sound event detector"):
         load_classifier(tmp_path / "det")
+
+
+def test_sed_infer_tool_writes_events_and_skips_bad_files(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sed_infer", Path(__file__).parents[1] / "tools" / "sed_infer.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model, fe = _tiny(), _frontend()
+    save_export(tmp_path / "det", model.encoder.cfg, model.state_dict(), fe, head=sed_head_spec(model.cfg))
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    _wav(audio / "a.wav", 3.3)
+    (audio / "broken.wav").write_bytes(b"RIFF0000WAVE")
+    (tmp_path / "post.json").write_text('{"median_filter": [0.0, 0.12, 0.2], "thresholds": 0.0}')
+    tool.main([str(tmp_path / "det"), str(audio), "--out", str(tmp_path / "out"), "--scores", "--no-progress",
+               "--postprocess", str(tmp_path / "post.json")])
+    rows = (tmp_path / "out" / "events.tsv").read_text().splitlines()
+    assert rows[0] == "filename\tonset\toffset\tevent_label\tscore"
+    assert rows[1:] and all(r.startswith("a.wav\t") for r in rows[1:])  # threshold 0: every class is on
+    assert {r.split("\t")[3] for r in rows[1:]} == {"class_0", "class_1", "class_2"}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["files"] == 1
+    scores = np.loadtxt(tmp_path / "out" / "scores" / "a.tsv", skiprows=1)
+    assert scores.shape == (83, 5) and scores[-1, 1] == pytest.approx(3.32)
+    assert "1 unreadable file(s) skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "det"), str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")])
