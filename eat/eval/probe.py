@@ -14,6 +14,7 @@ pooled log-mel statistics, ...) can be probed the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -293,3 +294,29 @@ def _check_shapes(tx: Tensor, ty: Tensor, vx: Tensor, vy: Tensor, task: str) -> 
         raise ValueError(f"train and test label matrices have {ty.shape[1]} and {vy.shape[1]} classes")
     if tx.shape[0] == 0 or vx.shape[0] == 0:
         raise ValueError("empty training or test set")
+
+
+def group_validation_split(groups: Sequence[str], fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(fit, val)`` with whole groups (speaker, source, kit) on one side: a seeded random order
+    of the distinct groups, validation taking groups until it holds ``round(fraction * n)`` items or more
+    (at least one group, never every group when there are two or more).
+
+    When the test split holds out groups, a validation split drawn clip by clip shares every group with
+    the fitting part and saturates; drawn by group it asks the same question the test split asks."""
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise ValueError(f"validation by group needs at least two groups, got {len(names)}")
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    want = int(round(fraction * len(groups)))
+    count = {g: 0 for g in names}
+    for g in groups:
+        count[g] += 1
+    val_groups, held = set(), 0
+    for k in order:
+        if val_groups and (held >= want or len(val_groups) == len(names) - 1):
+            break
+        val_groups.add(names[k])
+        held += count[names[k]]
+    in_val = torch.tensor([g in val_groups for g in groups])
+    idx = torch.arange(len(groups))
+    return idx[~in_val], idx[in_val]

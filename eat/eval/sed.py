@@ -122,3 +122,14 @@ def sed_metrics(frame_scores: Mapping[str, np.ndarray], ground_truth: Mapping[st
     out["segment_f1"] = float(f_seg["macro_average"])
     out["event_f1"] = float(f_ev["macro_average"])
     return out
+
+
+def best_thresholds(frame_scores: Mapping[str, np.ndarray], ground_truth: Mapping[str, Sequence[tuple]],
+                    hop: float, class_names: Sequence[str]) -> list[float]:
+    """Per-class decision thresholds with the best collar-based F1 (``sed_scores_eval``'s ``best_fscore``)."""
+    sse = _sed_scores_eval()
+    scores = score_dataframes(frame_scores, hop, class_names)
+    gt = {f: [tuple(e[:3]) for e in ground_truth[f]] for f in scores}
+    th = sse.collar_based.best_fscore(scores, gt, onset_collar=COLLAR, offset_collar=COLLAR,
+                                      offset_collar_rate=COLLAR_RATE)[3]
+    return [float(min(max(th.get(c, 0.5), 0.0), 1.0)) for c in class_names]
