@@ -104,3 +104,27 @@ def test_validation_by_group_keeps_groups_whole():
     assert group_validation_split(groups, 0.25, 1)[1].tolist() == group_validation_split(groups, 0.25, 1)[1].tolist()
     with pytest.raises(ValueError, match="two groups"):
         group_validation_split(["a", "a"], 0.5, 0)
+
+
+def test_soundscape_labels_match_the_planted_sources(monkeypatch):
+    """mix_scape (eat.sed_benchmark): each label covers exactly the samples its source sounds in."""
+    import eat.sed_benchmark as sb
+    from eat.sed_benchmark import active_extent, mix_scape, trim
+
+    monkeypatch.setattr(sb, "coloured_noise", lambda rng, n, colour: np.zeros(n, np.float32))  # silent background
+
+    sr = 16000
+    tone = np.sin(2 * np.pi * 440 * np.arange(int(0.5 * sr)) / sr).astype(np.float32)
+    padded = np.concatenate([np.zeros(800, np.float32), tone, np.zeros(1600, np.float32)])
+    assert active_extent(padded) == (800, 800 + len(tone)) and len(trim(padded)) == len(tone)
+    rng = np.random.default_rng(3)
+    wave, events = mix_scape([("a", tone), ("b", tone[: sr // 4])], rng, 4.0, 5)
+    assert wave.shape == (4 * sr,) and 1 <= len(events) <= 5
+    loud = np.abs(wave) > 1e-4
+    for e in events:
+        a, b = int(round(e.onset * sr)), int(round(e.offset * sr))
+        assert loud[a : a + 40].any() and loud[b - 40 : b].any()
+    covered = np.zeros(4 * sr, bool)
+    for e in events:
+        covered[int(round(e.onset * sr)) : int(round(e.offset * sr))] = True
+    assert not (loud & ~covered).any()  # no sound outside the labels
