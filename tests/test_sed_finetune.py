@@ -128,3 +128,22 @@ def test_soundscape_labels_match_the_planted_sources(monkeypatch):
     for e in events:
         covered[int(round(e.onset * sr)) : int(round(e.offset * sr))] = True
     assert not (loud & ~covered).any()  # no sound outside the labels
+
+
+def test_frame_probe_tool(tmp_path, capsys):
+    """tools/sed_probe.py: an encoder source and log-mel, penalty chosen on validation files, test scored."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sed_probe", Path(__file__).parents[1] / "tools" / "sed_probe.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    t = _data(tmp_path / "data", n_train=6, n_test=2)
+    enc = _encoder(tmp_path / "enc")
+    tool.main(["--encoder", f"tiny={enc}", "--train", t["train"], "--train-audio", str(tmp_path / "data" / "train"),
+               "--test", t["test"], "--test-audio", str(tmp_path / "data" / "test"), "--json", str(tmp_path / "p.json")])
+    res = json.loads((tmp_path / "p.json").read_text())["results"]
+    assert set(res) == {"tiny", "log-mel"}
+    for r in res.values():
+        assert set(r["test"]) == {"psds1", "psds2", "segment_f1", "event_f1"} and r["fit_files"] == 5
+    assert res["log-mel"]["dim"] == 64 and res["tiny"]["dim"] == 64  # 2 x 32 mel bins; 2 blocks x 32
+    assert res["log-mel"]["test"]["segment_f1"] > 0.5  # two tones in light noise: the spectrum tells them apart
