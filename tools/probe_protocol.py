@@ -14,7 +14,8 @@ it). Layer specs: ``-1`` last block, ``0`` first, ``0+2`` concatenation, ``all``
 frequency band, bands concatenated), ``cls``. Prints one markdown table per task (test accuracy; the
 probe's weight decay is chosen on 20 % of the training clips, see ``eat.eval.probe``) and, per source, the
 cell with the best validation score (marked ``*``): the number to report, chosen without the test split.
-Unreadable clips are skipped and counted. ``--summarize a.json b.json c.json`` turns the JSON files of
+Unreadable clips are skipped and counted. A ``group`` column in the training csv (``path,label,group``:
+speaker / source / kit) makes the probes' validation split take whole groups. ``--summarize a.json b.json c.json`` turns the JSON files of
 several seeds into one table: each source's validation-chosen cell, mean ± std over the seeds.
 """
 
@@ -51,8 +52,10 @@ from eat.export import ExportError, load_encoder
 from eat.features import read_clips
 
 
-def load_split(path: Path, sample_rate: int, class_names: list[str] | None) -> tuple[list, torch.Tensor, list[str], int]:
-    """Readable waveforms, their class indices, the class names and the number of skipped clips."""
+def load_split(path: Path, sample_rate: int, class_names: list[str] | None
+               ) -> tuple[list, torch.Tensor, list[str], int, list[str] | None]:
+    """Readable waveforms, their class indices, the class names, the number of skipped clips and the readable
+    clips' groups (a ``group`` column; None without one)."""
     labels = read_path_label_csv(path, class_names=class_names)
     waves = read_clips([item.path for item in labels.items], sample_rate)
     keep = [i for i, w in enumerate(waves) if not isinstance(w, AudioError)]
@@ -61,7 +64,9 @@ def load_split(path: Path, sample_rate: int, class_names: list[str] | None) -> t
     if not keep:
         raise ManifestError(f"{path}: no readable clips")
     y = torch.tensor([labels.items[i].labels[0] for i in keep])
-    return [waves[i] for i in keep], y, labels.class_names, len(waves) - len(keep)
+    groups = labels.groups()
+    return ([waves[i] for i in keep], y, labels.class_names, len(waves) - len(keep),
+            None if groups is None else [groups[i] for i in keep])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         results = {}
         for task, train_csv, test_csv in tasks:
             t0 = time.perf_counter()
-            tw, ty, names, t_skip = load_split(train_csv, frontend.sample_rate, None)
-            vw, vy, _, v_skip = load_split(test_csv, frontend.sample_rate, names)
+            tw, ty, names, t_skip, groups = load_split(train_csv, frontend.sample_rate, None)
+            vw, vy, _, v_skip, _ = load_split(test_csv, frontend.sample_rate, names)
+            probe_kwargs["groups"] = groups  # a group column: validation by group
             rows = []
             for name, ex in sources.items():
                 pools = [p for p in poolings if p != "cls" or ex.encoder.cfg.num_extra_tokens > 0]

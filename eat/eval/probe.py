@@ -125,12 +125,18 @@ def score(scores: Tensor, y: Tensor, task: str) -> float:
     return accuracy(scores, y) if task == "multiclass" else mean_average_precision(scores, y)
 
 
-def validation_split(y: Tensor, task: str, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+def validation_split(y: Tensor, task: str, fraction: float, seed: int,
+                     groups: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
     """Indices ``(fit, val)`` of a seeded split; multiclass splits are stratified per class.
 
     For multiclass, the first ``round(fraction * n_c)`` clips of every class (in a seeded random order)
-    go to validation, so a class with a single clip stays entirely in the fitting part.
+    go to validation, so a class with a single clip stays entirely in the fitting part. With ``groups``
+    (one name per clip: speaker, source, kit) whole groups go to one side (:func:`group_validation_split`).
     """
+    if groups is not None:
+        if len(groups) != y.shape[0]:
+            raise ValueError(f"{len(groups)} groups for {y.shape[0]} clips")
+        return group_validation_split(groups, fraction, seed)
     n = y.shape[0]
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
@@ -150,15 +156,15 @@ def validation_split(y: Tensor, task: str, fraction: float, seed: int) -> tuple[
 
 def weight_decay_on_validation(
     x: Tensor, y: Tensor, task: str, num_classes: int, weight_decays: tuple[float, ...], val_fraction: float,
-    seed: int, max_iter: int = 1000,
+    seed: int, max_iter: int = 1000, groups: Sequence[str] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The probe's penalty choice: fit on the ``fit`` part of :func:`validation_split` ``(y, task,
     val_fraction, seed)`` with every weight decay, keep the best validation score (ties to the lower
     validation loss). Returns ``(weight decay, {f"{wd:g}": validation score})``; a one-value grid is taken
-    as is (no split, empty scores)."""
+    as is (no split, empty scores). ``groups``: validation by group (see :func:`validation_split`)."""
     if len(weight_decays) == 1:
         return weight_decays[0], {}
-    fit_idx, val_idx = validation_split(y, task, val_fraction, seed)
+    fit_idx, val_idx = validation_split(y, task, val_fraction, seed, groups)
     if len(val_idx) == 0 or len(fit_idx) == 0:
         raise ValueError(f"the training set ({len(y)} clips) is too small for a validation split")
     val_scores: dict[str, float] = {}
@@ -188,6 +194,7 @@ def probe(
     seed: int = 0,
     max_iter: int = 1000,
     device: str | torch.device | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict:
     """Linear probe (and optionally kNN) of frozen features; returns a JSON-ready dict.
 
@@ -196,7 +203,8 @@ def probe(
     set (best validation score, ties to the lower validation loss), then the probe is refitted on all
     training clips. Result keys: ``task``, ``metric`` (``accuracy`` or ``mAP``), ``score`` (test),
     ``weight_decay``, ``val_scores`` (per grid point), ``num_train``, ``num_test``, ``dim``,
-    ``num_classes`` and, with ``knn=K``, ``knn`` = ``{"k": K, "score": ...}``.
+    ``num_classes`` and, with ``knn=K``, ``knn`` = ``{"k": K, "score": ...}``. ``groups`` (one per training
+    clip): the validation split takes whole groups.
     """
     _check_task(task)
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -222,7 +230,7 @@ def probe(
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
 
     best_wd, val_scores = weight_decay_on_validation(tx, ty, task, num_classes, weight_decays, val_fraction, seed,
-                                                     max_iter)
+                                                     max_iter, groups)
     model = fit_linear(tx, ty, task, num_classes, best_wd, max_iter)
     result = {
         "task": task,
