@@ -140,10 +140,12 @@ def test_frame_probe_tool(tmp_path, capsys):
     t = _data(tmp_path / "data", n_train=6, n_test=2)
     enc = _encoder(tmp_path / "enc")
     tool.main(["--encoder", f"tiny={enc}", "--train", t["train"], "--train-audio", str(tmp_path / "data" / "train"),
-               "--test", t["test"], "--test-audio", str(tmp_path / "data" / "test"), "--json", str(tmp_path / "p.json")])
+               "--test", t["test"], "--test-audio", str(tmp_path / "data" / "test"), "--json", str(tmp_path / "p.json"),
+               "--mlp", "8"])
     res = json.loads((tmp_path / "p.json").read_text())["results"]
     assert set(res) == {"tiny", "log-mel"}
     for r in res.values():
         assert set(r["test"]) == {"psds1", "psds2", "segment_f1", "event_f1"} and r["fit_files"] == 5
+        assert set(r["mlp"]["test"]) == set(r["test"])
     assert res["log-mel"]["dim"] == 64 and res["tiny"]["dim"] == 64  # 2 x 32 mel bins; 2 blocks x 32
     assert res["log-mel"]["test"]["segment_f1"] > 0.5  # two tones in light noise: the spectrum tells them apart

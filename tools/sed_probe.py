@@ -8,7 +8,8 @@ Sources: every ``--encoder [NAME=]DIR`` (one vector per 160 ms column: frequency
 of ``--layers`` concatenated), with ``--control-from RUN_DIR`` the network that pretraining run started from
 ("initial weights", same front-end), and log-mel (each column's mel-bin mean and std). The probe's penalty is
 chosen on held-out training files by PSDS1 (whole groups with ``--groups``), then it is refitted on every
-training file and the test files are scored once: PSDS1, PSDS2, segment F1 (1 s), event F1 (collar). Details:
+training file and the test files are scored once: PSDS1, PSDS2, segment F1 (1 s), event F1 (collar). ``--mlp H``
+adds a small MLP probe (one hidden layer of H units) chosen the same way. Details:
 eat/eval/frame_probe.py.
 """
 
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--groups", type=Path, help="filename<TAB>group tsv: validation holds out whole groups")
     ap.add_argument("--layers", default="all", help="layer spec of the encoder sources (-1, 0+2, all)")
     ap.add_argument("--hop", type=float, default=0.04, help="output hop of the scored frames (s)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the validation split (and of the MLP)")
+    ap.add_argument("--mlp", type=int, default=0, metavar="HIDDEN", help="also a small MLP probe of this width")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     if not args.encoder:
@@ -64,11 +66,14 @@ def main(argv: list[str] | None = None) -> None:
         layers = parse_layers(args.layers, len(ext.encoder.blocks))
         tr = column_features(ext, train, kind, layers)
         te = column_features(ext, test, kind, layers)
-        results[name] = frame_probe(tr, te, train, test, col_hop, c0, args.hop, groups=groups, seed=args.seed)
-        m = results[name]["test"]
-        print(f"{name}: PSDS1 {m['psds1']:.4f}  PSDS2 {m['psds2']:.4f}  segment F1 {m['segment_f1']:.4f}  "
-              f"event F1 {m['event_f1']:.4f}  (weight decay {results[name]['weight_decay']:g}, "
-              f"{results[name]['dim']} features)", flush=True)
+        results[name] = frame_probe(tr, te, train, test, col_hop, c0, args.hop, groups=groups, seed=args.seed,
+                                    mlp_hidden=args.mlp)
+        for kind, r in (("linear", results[name]), ("mlp", results[name].get("mlp"))):
+            if r is not None:
+                m = r["test"]
+                print(f"{name} ({kind}): PSDS1 {m['psds1']:.4f}  PSDS2 {m['psds2']:.4f}  segment F1 "
+                      f"{m['segment_f1']:.4f}  event F1 {m['event_f1']:.4f}  (weight decay {r['weight_decay']:g}, "
+                      f"{results[name]['dim']} features)", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
                                         indent=1) + "\n")

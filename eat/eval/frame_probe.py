@@ -36,6 +36,38 @@ from eat.model.sed import interpolate_columns
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
+class MLPProbe:
+    """The optional small MLP probe: standardised features -> Linear(hidden) -> ReLU -> Linear(C), trained
+    full-batch with AdamW (``steps`` updates, lr 1e-3, decoupled weight decay ``weight_decay``) on the
+    multi-label BCE, from a fixed seed."""
+
+    def __init__(self, x: Tensor, y: Tensor, hidden: int, weight_decay: float, steps: int = 300, seed: int = 0):
+        self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
+        gen = torch.Generator().manual_seed(seed)
+        d, c = x.shape[1], y.shape[1]
+        self.w1 = (torch.randn(d, hidden, generator=gen, dtype=x.dtype) / d**0.5).requires_grad_()
+        self.b1 = torch.zeros(hidden, dtype=x.dtype, requires_grad=True)
+        self.w2 = (torch.randn(hidden, c, generator=gen, dtype=x.dtype) / hidden**0.5).requires_grad_()
+        self.b2 = torch.zeros(c, dtype=x.dtype, requires_grad=True)
+        params = [self.w1, self.b1, self.w2, self.b2]
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=weight_decay)
+        z = (x - self.mean) / self.std
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(self._logits(z), y)
+                loss.backward()
+                opt.step()
+        for p in params:
+            p.requires_grad_(False)
+
+    def _logits(self, z: Tensor) -> Tensor:
+        return torch.relu(z @ self.w1 + self.b1) @ self.w2 + self.b2
+
+    def scores(self, x: Tensor) -> Tensor:
+        return self._logits((x.to(self.mean) - self.mean) / self.std)
+
+
 @torch.no_grad()
 def column_features(extractor: FeatureExtractor, labels: StrongLabels, source: str = "encoder",
                     layers: int | Sequence[int] = -1) -> dict[str, Tensor]:
@@ -75,8 +107,9 @@ def _scores(model, feats: dict[str, Tensor], durations: dict[str, float], hop: f
 def frame_probe(train_feats: dict[str, Tensor], test_feats: dict[str, Tensor], train: StrongLabels,
                 test: StrongLabels, col_hop: float, first_centre: float, hop: float = 0.04,
                 val_fraction: float = 0.2, groups: list[str] | None = None, seed: int = 0,
-                weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict:
-    """Fit, select on validation files, refit, score the test files (see the module docstring)."""
+                weight_decays: Sequence[float] = WEIGHT_DECAYS, mlp_hidden: int = 0) -> dict:
+    """Fit, select on validation files, refit, score the test files (see the module docstring); with
+    ``mlp_hidden`` > 0 the same for a :class:`MLPProbe` of that width (result key ``mlp``)."""
     files = train.files
     if groups is not None:
         fit_idx, val_idx = group_validation_split(groups, val_fraction, seed)
@@ -92,16 +125,21 @@ def frame_probe(train_feats: dict[str, Tensor], test_feats: dict[str, Tensor], t
         return torch.cat([train_feats[f] for f in names]), torch.cat([ytr[f] for f in names])
 
     x_fit, y_fit = stack(fit_files)
-    gt, dur = train.ground_truth(), train.durations
-    val_scores = {}
-    for wd in weight_decays:
-        model = fit_linear(x_fit, y_fit, "multilabel", c, wd)
-        s = _scores(model, {f: train_feats[f] for f in val_files}, dur, hop, col_hop, first_centre)
-        val_scores[wd] = sed_metrics(s, gt, dur, hop, train.class_names, psds2=False)["psds1"]
-    best_wd = max(weight_decays, key=lambda w: (val_scores[w], -w))
     x_all, y_all = stack(files)
-    model = fit_linear(x_all, y_all, "multilabel", c, best_wd)
-    s = _scores(model, test_feats, test.durations, hop, col_hop, first_centre)
-    test_m = sed_metrics(s, test.ground_truth(), test.durations, hop, test.class_names)
-    return {"weight_decay": best_wd, "val_psds1": {str(k): v for k, v in val_scores.items()}, "test": test_m,
-            "dim": int(x_all.shape[1]), "fit_files": len(fit_files), "val_files": len(val_files)}
+    gt, dur = train.ground_truth(), train.durations
+
+    def run(fit) -> dict:
+        val_scores = {}
+        for wd in weight_decays:
+            s = _scores(fit(x_fit, y_fit, wd), {f: train_feats[f] for f in val_files}, dur, hop, col_hop, first_centre)
+            val_scores[wd] = sed_metrics(s, gt, dur, hop, train.class_names, psds2=False)["psds1"]
+        best_wd = max(weight_decays, key=lambda w: (val_scores[w], -w))
+        s = _scores(fit(x_all, y_all, best_wd), test_feats, test.durations, hop, col_hop, first_centre)
+        return {"weight_decay": best_wd, "val_psds1": {str(k): v for k, v in val_scores.items()},
+                "test": sed_metrics(s, test.ground_truth(), test.durations, hop, test.class_names)}
+
+    out = run(lambda x, y, wd: fit_linear(x, y, "multilabel", c, wd))
+    out.update(dim=int(x_all.shape[1]), fit_files=len(fit_files), val_files=len(val_files))
+    if mlp_hidden > 0:
+        out["mlp"] = run(lambda x, y, wd: MLPProbe(x, y, mlp_hidden, wd, seed=seed))
+    return out
