@@ -228,7 +228,7 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     if cfg.head is None:
         raise ExportError(f"{path}: this export has no classifier head (use load_encoder)")
     if "sed" in cfg.head:
-        raise ExportError(f"{path}: this export is a sound event detector (load it with eat.detect.load_detector)")
+        raise ExportError(f"{path}: this export is a sound event detector (load it with eat.load_detector)")
     model = _build_module(cfg)
     _check_tensors(model, tensors, str(Path(path) / WEIGHTS_FILE))
     model.load_state_dict(tensors)
