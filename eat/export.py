@@ -235,6 +235,16 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     return AudioClassifier(model, cfg.frontend, cfg.head.get("class_names")).to(device).eval()
 
 
+def load_module(path: str | os.PathLike) -> tuple[ExportConfig, nn.Module]:
+    """The bare module an export describes (encoder holder, :class:`Classifier` or a sound event detector's
+    :class:`~eat.model.sed.SEDModel`) with its weights loaded and checked, and the export's config."""
+    cfg, tensors = read_export(path)
+    model = _build_module(cfg)
+    _check_tensors(model, tensors, str(Path(path) / WEIGHTS_FILE))
+    model.load_state_dict(tensors)
+    return cfg, model
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints -> export
 
 

@@ -13,6 +13,7 @@ import soundfile
 import torch
 
 from eat.audio.fbank import FrontendConfig, waveform_to_input
+from eat.audio.stream import AudioSource, plan_windows, stream_column_logits, window_fbank
 from eat.data.manifest import ManifestError
 from eat.data.strong_labels import (
     Event,
@@ -23,16 +24,7 @@ from eat.data.strong_labels import (
     read_weak_tsv,
     window_starts,
 )
-from eat.detect import (
-    AudioSource,
-    PostProcess,
-    SoundEventDetector,
-    detect_file,
-    load_detector,
-    plan_windows,
-    stream_column_logits,
-    window_fbank,
-)
+from eat.detect import PostProcess, SoundEventDetector, detect_file, load_detector
 from eat.eval.sed import filter_frames, median_filter, scores_to_events
 from eat.export import ExportError, load_classifier, save_export
 from eat.model.sed import SEDConfig, SEDModel, column_geometry, interpolate_columns, sed_head_spec

@@ -273,6 +273,23 @@ def read_weak_tsv(path: str | Path, class_names: Sequence[str], on_bad: Literal[
     return out, skipped
 
 
+def read_groups(path: str | Path, files: Sequence[str]) -> list[str]:
+    """Each file's group from a ``filename<TAB>group`` tsv (optional header): speaker / source / kit."""
+    p = Path(path)
+    table = {}
+    for lineno, line in enumerate(_lines(p), start=1):
+        parts = line.rstrip("\n").split("\t")
+        if lineno == 1 and parts[:2] == ["filename", "group"]:
+            continue
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise ManifestError(f"{p}:{lineno}: expected 'filename<TAB>group'")
+        table[parts[0]] = parts[1]
+    missing = [f for f in files if f not in table]
+    if missing:
+        raise ManifestError(f"{p}: no group for {len(missing)} training file(s), e.g. {missing[0]}")
+    return [table[f] for f in files]
+
+
 def write_strong_tsv(path: str | Path, events: dict[str, list[Event]]) -> Path:
     """Write a DESED-style table (files without events get a name-only row)."""
     path = Path(path)

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from eat.audio.augment import beta, spec_augment, uniform
 from eat.audio.fbank import FrontendConfig, normalize, waveform_to_input
+from eat.audio.stream import AudioSource, stream_column_logits
 from eat.config import ConfigError, to_dict
 from eat.data.datasets import split_key
 from eat.data.loaders import ResumableDistributedSampler, build_loader
@@ -55,12 +56,12 @@ from eat.data.strong_labels import (
     frame_targets,
     num_output_frames,
     read_class_list,
+    read_groups,
     read_strong_tsv,
     read_weak_tsv,
     weak_targets,
     window_starts,
 )
-from eat.detect import AudioSource, stream_column_logits
 from eat.eval.probe import group_validation_split
 from eat.eval.sed import best_thresholds, filter_frames, median_filter, sed_metrics
 from eat.export import read_export, save_export
@@ -277,22 +278,6 @@ def training_clips(labels: StrongLabels, window: float, hop: float) -> list[Clip
         for s in window_starts(dur, window, hop):
             out.append(Clip(labels.paths[name], s, events_in_window(events, s, s + window)))
     return out
-
-
-def read_groups(path: str, files: list[str]) -> list[str]:
-    p = Path(path)
-    table = {}
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.rstrip("\n").split("\t")
-        if lineno == 1 and parts[:2] == ["filename", "group"]:
-            continue
-        if len(parts) < 2 or not parts[0] or not parts[1]:
-            raise ManifestError(f"{p}:{lineno}: expected 'filename<TAB>group'")
-        table[parts[0]] = parts[1]
-    missing = [f for f in files if f not in table]
-    if missing:
-        raise ManifestError(f"{p}: no group for {len(missing)} training file(s), e.g. {missing[0]}")
-    return [table[f] for f in files]
 
 
 def split_files(labels: StrongLabels, cfg: SEDDataSection, seed: int) -> tuple[StrongLabels, StrongLabels]:
