@@ -149,3 +149,31 @@ def test_frame_probe_tool(tmp_path, capsys):
         assert set(r["mlp"]["test"]) == set(r["test"])
     assert res["log-mel"]["dim"] == 64 and res["tiny"]["dim"] == 64  # 2 x 32 mel bins; 2 blocks x 32
     assert res["log-mel"]["test"]["segment_f1"] > 0.5  # two tones in light noise: the spectrum tells them apart
+
+
+def test_freeze_then_unfreeze_and_aligned_loss_masks():
+    from eat.model.sed import SEDConfig, SEDModel
+    from eat.train.sed import SEDFinetuneConfig, SEDTrainModel
+
+    torch.manual_seed(0)
+    cfg = SEDFinetuneConfig(freeze_steps=2)
+    cfg.model.sed = SEDConfig(num_classes=2, hop=0.04)
+    model = SEDModel(cfg.model.sed, EncoderConfig(embed_dim=32, depth=1, num_heads=2, num_mel_bins=32, target_length=64))
+    fe = FrontendConfig(num_mel_bins=32, target_length=64)
+    tm = SEDTrainModel(model, cfg, fe, frames=16, seed=0).train()
+    batch = dict(fbank=torch.randn(2, 64, 32), frames=torch.zeros(2, 16, 2), frame_mask=torch.ones(2, 16, dtype=torch.bool),
+                 clip=torch.zeros(2, 2))
+    tm(**batch)["loss"].backward()
+    assert model.encoder.patch_embed.weight.grad is None and model.head.frame.weight.grad is not None
+    tm.after_optimizer_step(2)  # the schedule reaches freeze_steps: the encoder trains
+    tm(**batch)["loss"].backward()
+    assert model.encoder.patch_embed.weight.grad is not None
+    # frames outside the mask do not count: a wrong target there leaves the frame loss unchanged
+    tm.eval()
+    a = tm(**batch)["frame_loss"]
+    bad = dict(batch, frames=batch["frames"].clone(), frame_mask=batch["frame_mask"].clone())
+    bad["frame_mask"][:, 8:] = False
+    bad["frames"][:, 8:] = 1.0
+    b = tm(**bad)["frame_loss"]
+    good = dict(batch, frame_mask=bad["frame_mask"])
+    assert torch.allclose(b, tm(**good)["frame_loss"]) and not torch.allclose(a, tm(**dict(batch, frames=bad["frames"]))["frame_loss"])

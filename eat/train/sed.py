@@ -312,6 +312,7 @@ class SEDTrainModel(nn.Module):
         self.col_hop, self.first_centre = geometry(model, fe)
         self.seed = seed
         self.register_buffer("updates", torch.zeros(1, dtype=torch.long))  # 1-D: the trainer hashes buffers as bytes
+        self._host_updates: int | None = None
         hop_frames = cfg.model.sed.hop * 1000 / fe.frame_shift_ms
         self.roll_frames = int(round(hop_frames))
         if cfg.augment.roll and (abs(hop_frames - self.roll_frames) > 1e-9
@@ -320,10 +321,15 @@ class SEDTrainModel(nn.Module):
                               f"dividing the window of {fe.target_length} frames; set augment.roll false")
 
     def after_optimizer_step(self, step: int) -> None:
-        self.updates.fill_(step)
+        self.updates.fill_(step)  # saved with the checkpoint: a resumed run knows where the schedule is
+        self._host_updates = step
 
     def frozen(self) -> bool:
-        return isinstance(self.model, SEDModel) and int(self.updates[0]) < self.cfg.freeze_steps
+        if not isinstance(self.model, SEDModel) or self.cfg.freeze_steps <= 0:
+            return False
+        if self._host_updates is None:  # one read of the (restored) buffer, then a host counter: no sync per step
+            self._host_updates = int(self.updates[0])
+        return self._host_updates < self.cfg.freeze_steps
 
     def forward(self, fbank: Tensor, frames: Tensor, frame_mask: Tensor, clip: Tensor,
                 batch_seed: int = 0) -> dict[str, Tensor]:
