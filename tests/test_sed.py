@@ -88,6 +88,17 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def test_overlapping_events_of_one_class_are_merged_for_the_metrics():
+    from eat.data.strong_labels import StrongLabels, merge_events
+
+    ev = [Event(1.8, 2.7, "v"), Event(2.1, 3.3, "v"), Event(3.3, 3.5, "v"), Event(2.0, 2.2, "d"), Event(4.0, 4.5, "v")]
+    assert merge_events(ev) == [Event(1.8, 3.5, "v"), Event(2.0, 2.2, "d"), Event(4.0, 4.5, "v")]
+    gt = StrongLabels({"a.wav": ev}, ["d", "v"]).ground_truth()["a.wav"]
+    assert gt == [(1.8, 3.5, "v"), (2.0, 2.2, "d"), (4.0, 4.5, "v")]
+    idx = {"d": 0, "v": 1}  # frame targets: the same union, merged or not
+    assert torch.equal(frame_targets(ev, idx, 120, 0.04), frame_targets(merge_events(ev), idx, 120, 0.04))
+
+
 def test_bad_strong_rows_error_or_skip(tmp_path):
     audio = tmp_path / "audio"
     audio.mkdir()

@@ -68,8 +68,24 @@ class StrongLabels:
         return {c: i for i, c in enumerate(self.class_names)}
 
     def ground_truth(self) -> dict[str, list[tuple[float, float, str]]]:
-        """The ``{file: [(onset, offset, label), ...]}`` mapping that ``sed_scores_eval`` reads."""
-        return {f: [(e.onset, e.offset, e.label) for e in ev] for f, ev in self.events.items()}
+        """The ``{file: [(onset, offset, label), ...]}`` mapping that ``sed_scores_eval`` reads: overlapping or
+        touching events of one class merged into their union (the library refuses them, and frame targets
+        are the union anyway)."""
+        return {f: [(e.onset, e.offset, e.label) for e in merge_events(ev)] for f, ev in self.events.items()}
+
+
+def merge_events(events: Iterable[Event]) -> list[Event]:
+    """Overlapping or touching events of the same class merged into one (their union), sorted by onset."""
+    out: list[Event] = []
+    last: dict[str, int] = {}
+    for e in sorted(events, key=lambda e: (e.onset, e.offset, e.label)):
+        i = last.get(e.label)
+        if i is not None and e.onset <= out[i].offset:
+            out[i] = Event(out[i].onset, max(out[i].offset, e.offset), e.label)
+            continue
+        last[e.label] = len(out)
+        out.append(e)
+    return out
 
 
 def _to_us(seconds: float) -> int:
