@@ -16,7 +16,8 @@ masks leave the labels as they are.
 
 Schedule: ``freeze_steps`` updates with the encoder frozen (only the head learns; the encoder runs without
 autograd), then everything with layer-wise LR decay (the DCASE 2024 winners' frozen-then-joint schedule).
-Selection: validation PSDS1 (``sed_scores_eval``), evaluated every ``eval_every_epochs``; the best model is
+Selection: validation PSDS1 (``sed_scores_eval``; ties, such as PSDS1 = 0 for every early checkpoint of a
+small run, broken by PSDS2 and then segment F1), evaluated every ``eval_every_epochs``; the best model is
 exported to ``best/`` (load with :func:`eat.detect.load_detector`). At the end the median filter (one of
 ``post.median_filters``) that maximises validation PSDS1 and per-class thresholds that maximise validation
 collar F1 are written to ``postprocess.json``; ``test_metrics.json`` holds the evaluation split's metrics.
@@ -421,6 +422,9 @@ def evaluate(model: nn.Module, labels: StrongLabels, fe: FrontendConfig, hop: fl
     return sed_metrics(scores, labels.ground_truth(), labels.durations, hop, labels.class_names, thresholds)
 
 
+SELECTION_KEYS = ("psds1", "psds2", "segment_f1")
+
+
 class SEDTracker:
     """The trainer's ``eval_fn``: validation PSDS1; the best model is kept (exported for encoder models)."""
 
@@ -434,7 +438,8 @@ class SEDTracker:
         m = evaluate(module.model, self.val, self.fe, self.cfg.model.sed.hop, self.env.device)
         row = {"step": step, **m}
         self.history.append(row)
-        if not self.best or (math.isfinite(m["psds1"]) and m["psds1"] > self.best["psds1"]):
+        key = tuple(m[k] for k in SELECTION_KEYS)  # PSDS1, ties (e.g. all 0 early on) broken by PSDS2, segment F1
+        if not self.best or (all(map(math.isfinite, key)) and key > tuple(self.best[k] for k in SELECTION_KEYS)):
             self.best = row
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.model.state_dict().items()})
             if self.env.is_main and isinstance(module.model, SEDModel):
