@@ -6,7 +6,8 @@ and loading it never unpickles anything (JSON and safetensors only). Layout::
     config.json        {"format": "eat-encoder", "format_version": 1,
                         "encoder": EncoderConfig fields, "frontend": FrontendConfig fields,
                         "head": null | {"num_classes", "prediction_mode", "head_norm_eps", "class_names"?,
-                                 "layers"?, "pooling"? (the pooled head)},
+                                 "layers"?, "pooling"? (the pooled head),
+                                 "sed"? (a sound event detector: eat.model.sed.SEDConfig fields)},
                         "meta": {"source", "step", "created", "toolkit_version", ...}}
     model.safetensors  encoder.* (and fc_norm.*, head.* for classifiers), float32
 
@@ -45,6 +46,7 @@ from eat.data.manifest import ManifestError, read_class_csv
 from eat.features import FeatureExtractor
 from eat.model.classifier import Classifier, ClassifierConfig
 from eat.model.convert import read_tensor_file
+from eat.model.sed import SEDConfig, SEDModel
 from eat.model.vit import Encoder, EncoderConfig
 from eat.utils.device import resolve_device
 
@@ -53,7 +55,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOP_KEYS = ("format", "format_version", "encoder", "frontend", "head", "meta")
-HEAD_KEYS = ("num_classes", "prediction_mode", "head_norm_eps", "class_names", "layers", "pooling")
+HEAD_KEYS = ("num_classes", "prediction_mode", "head_norm_eps", "class_names", "layers", "pooling", "sed")
 HEAD_PREFIXES = ("fc_norm.", "head.")
 
 class ExportError(ValueError):
@@ -234,10 +236,22 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     cfg, tensors = read_export(path)
     if cfg.head is None:
         raise ExportError(f"{path}: this export has no classifier head (use load_encoder)")
+    if "sed" in cfg.head:
+        raise ExportError(f"{path}: this export is a sound event detector (load it with eat.load_detector)")
     model = _build_module(cfg)
     _check_tensors(model, tensors, str(Path(path) / WEIGHTS_FILE))
     model.load_state_dict(tensors)
     return AudioClassifier(model, cfg.frontend, cfg.head.get("class_names")).to(device).eval()
+
+
+def load_module(path: str | os.PathLike) -> tuple[ExportConfig, nn.Module]:
+    """The bare module an export describes (encoder holder, :class:`Classifier` or a sound event detector's
+    :class:`~eat.model.sed.SEDModel`) with its weights loaded and checked, and the export's config."""
+    cfg, tensors = read_export(path)
+    model = _build_module(cfg)
+    _check_tensors(model, tensors, str(Path(path) / WEIGHTS_FILE))
+    model.load_state_dict(tensors)
+    return cfg, model
 
 
 
@@ -360,6 +374,10 @@ def _check_head(head: Any, where: str | os.PathLike) -> dict[str, Any] | None:
         if not isinstance(names, list) or len(names) != head["num_classes"]:
             raise ExportError(f"{where}: head.class_names must list {head['num_classes']} names")
         out["class_names"] = [str(n) for n in names]
+    if head.get("sed") is not None:  # a frame-level detector (eat.model.sed)
+        if not isinstance(head["sed"], dict):
+            raise ExportError(f"{where}: head.sed must be an object")
+        out["sed"], out["prediction_mode"] = dict(head["sed"]), "sed"
     return out
 
 
@@ -369,6 +387,12 @@ def _build_module(cfg: ExportConfig) -> nn.Module:
         holder = nn.Module()
         holder.encoder = Encoder(cfg.encoder)
         return holder
+    if "sed" in cfg.head:
+        try:
+            sed = from_dict(SEDConfig, {**cfg.head["sed"], "num_classes": cfg.head["num_classes"]}, "head.sed")
+        except ConfigError as e:
+            raise ExportError(f"head: {e}") from None
+        return SEDModel(sed, Encoder(cfg.encoder))
     head = {k: v for k, v in cfg.head.items() if k != "class_names"}
     try:
         ccfg = from_dict(ClassifierConfig, {**head, "encoder": to_dict(cfg.encoder)})

@@ -9,7 +9,9 @@ and writes ``OUT/esc50_summary.json``), ``as20k`` / ``as2m`` (AudioSet, EAT mani
 AS-2M samples 200k class-weighted clips per epoch), ``spc2`` (Speech Commands v2 folder with its
 validation/testing lists), ``generic`` (``path,label`` csv files ``data.train`` / ``data.valid``) and
 ``small`` (the same csv files, a few hundred clips: LP-FT on the probe's embedding, the checkpoint chosen
-on a held-out part of the training clips and ``data.valid`` scored once with it).
+on a held-out part of the training clips and ``data.valid`` scored once with it) and ``sed`` (sound event
+detection from strong-label tables, see eat.train.sed: frame + clip BCE, selection on validation PSDS1,
+``OUT/best`` is a detector for tools/sed_infer.py with ``OUT/postprocess.json``).
 Any config key can be overridden as ``key.sub=value`` (e.g. ``train.max_steps=1000 optim.lr=1e-4``).
 The architecture comes from ``--init``'s config.json unless ``--preset`` names one (they must agree).
 Runs resume from ``OUT`` (per fold for ESC-50) when started again.
@@ -29,9 +31,10 @@ from eat.data.loaders import check_loader_config
 from eat.train.dist import DistEnv, init_distributed, install_preemption_handler, shutdown
 from eat.train.finetune import FinetuneConfig, FinetuneResult, run_finetune
 from eat.train.finetune_data import ESC50_FOLDS, task_splits
+from eat.train.sed import SEDFinetuneConfig, run_sed
 from eat.train.trainer import PREEMPTED_EXIT, check_train_config
 
-TASKS = ("esc50", "as20k", "as2m", "spc2", "generic", "small")
+TASKS = ("esc50", "as20k", "as2m", "spc2", "generic", "small", "sed")
 PRESETS = ("tiny", "base", "large", "ast_base", "passt_s")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -73,6 +76,32 @@ def load(args: argparse.Namespace) -> FinetuneConfig:
     if bad or not cfg.data.folds:
         raise ConfigError(f"data.folds must be a non-empty subset of {list(ESC50_FOLDS)}, got {cfg.data.folds}")
     return cfg
+
+
+def load_sed(args: argparse.Namespace) -> SEDFinetuneConfig:
+    """The ``--task sed`` config (its own sections, see eat.train.sed)."""
+    if args.esc50_root or args.preset:
+        raise ConfigError("--esc50-root and --preset are not used by --task sed (the encoder comes from --init)")
+    cfg = load_config(SEDFinetuneConfig, args.config or CONFIG_DIR / "finetune_sed.yaml", args.overrides)
+    if args.init:
+        cfg.model.init = args.init
+    if args.out:
+        cfg.train.out_dir = str(args.out)
+    return cfg
+
+
+def run_sed_task(cfg: SEDFinetuneConfig, env: DistEnv) -> None:
+    summary = run_sed(cfg, env)
+    if summary["status"] != "done":
+        sys.exit(PREEMPTED_EXIT)
+    if env.is_main:
+        out = Path(cfg.train.out_dir)
+        best, test = summary["best"], summary["test"]
+        print(f"best validation PSDS1 {best['psds1']:.4f} at step {int(best['step'])}"
+              + (f" (exported to {out / 'best'})" if cfg.model.kind == "encoder" else ""))
+        print(f"post-processing chosen on validation: median filter {summary['post']['median_filter']} s, "
+              f"thresholds {', '.join(f'{t:.2f}' for t in summary['post']['thresholds'])} ({out / 'postprocess.json'})")
+        print("evaluation split (selected checkpoint): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
 
 
 def esc50_table(results: dict[int, FinetuneResult]) -> tuple[str, dict]:
@@ -149,6 +178,18 @@ def main(argv: list[str] | None = None) -> None:
     preempt = install_preemption_handler()  # a SIGTERM during start-up is remembered, not fatal
     try:
         args = parse_args(argv)
+        if args.task == "sed":
+            sed_cfg = load_sed(args)
+            check_train_config(sed_cfg.train)
+            check_loader_config(sed_cfg.data.batch_size, sed_cfg.data.num_workers, 1, 0.0)
+            env = init_distributed(sed_cfg.train.device)
+            try:
+                configure_logging(env)
+                run_sed_task(sed_cfg, env)
+                shutdown(synchronize=True)
+            finally:
+                shutdown()
+            return
         cfg = load(args)
         check_train_config(cfg.train)
         check_loader_config(cfg.data.batch_size, cfg.data.num_workers, 1, cfg.data.max_bad_fraction,

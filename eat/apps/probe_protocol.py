@@ -14,11 +14,12 @@ it). Layer specs: ``-1`` last block, ``0`` first, ``0+2`` concatenation, ``all``
 frequency band, bands concatenated), ``cls``. Prints one markdown table per task (test accuracy; mAP for
 poly-TASK; the probe's weight decay is chosen on 20 % of the training clips, see ``eat.eval.probe``) and, per source, the
 cell with the best validation score (marked ``*``): the number to report, chosen without the test split.
-Unreadable clips are skipped and counted. ``--polyphonic`` adds, per task, ``poly-TASK``: multi-label
-tagging (mAP) of mixtures of 2-3 clips of different classes, training mixtures from the training clips and
-test mixtures from the test clips (``eat.eval.polyphonic``; as many mixtures as clips).
-``--summarize a.json b.json c.json`` turns the JSON files of several seeds into one table: each source's
-validation-chosen cell, mean ± std over the seeds.
+Unreadable clips are skipped and counted. A ``group`` column in the training csv (``path,label,group``:
+speaker / source / kit) makes the probes' validation split take whole groups. ``--polyphonic`` adds, per
+task, ``poly-TASK``: multi-label tagging (mAP) of mixtures of 2-3 clips of different classes, training
+mixtures from the training clips and test mixtures from the test clips (``eat.eval.polyphonic``; as many
+mixtures as clips). ``--summarize a.json b.json c.json`` turns the JSON files of several seeds into one
+table: each source's validation-chosen cell, mean ± std over the seeds.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ def initial_weights(run_dir: str | Path, frontend: FrontendConfig) -> FeatureExt
     return FeatureExtractor(model.student.float().eval(), frontend)
 
 
-def load_split(path: Path, sample_rate: int, class_names: list[str] | None) -> tuple[list, torch.Tensor, list[str], int]:
-    """Readable waveforms, their class indices, the class names and the number of skipped clips."""
+def load_split(path: Path, sample_rate: int, class_names: list[str] | None
+               ) -> tuple[list, torch.Tensor, list[str], int, list[str] | None]:
+    """Readable waveforms, their class indices, the class names, the number of skipped clips and the readable
+    clips' groups (a ``group`` column; None without one)."""
     labels = read_path_label_csv(path, class_names=class_names)
     waves = read_clips([item.path for item in labels.items], sample_rate)
     keep = [i for i, w in enumerate(waves) if not isinstance(w, AudioError)]
@@ -82,7 +85,9 @@ def load_split(path: Path, sample_rate: int, class_names: list[str] | None) -> t
     if not keep:
         raise ManifestError(f"{path}: no readable clips")
     y = torch.tensor([labels.items[i].labels[0] for i in keep])
-    return [waves[i] for i in keep], y, labels.class_names, len(waves) - len(keep)
+    groups = labels.groups()
+    return ([waves[i] for i in keep], y, labels.class_names, len(waves) - len(keep),
+            None if groups is None else [groups[i] for i in keep])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,14 +161,15 @@ def main(argv: list[str] | None = None) -> None:
         results = {}
         for task, train_csv, test_csv in tasks:
             t0 = time.perf_counter()
-            tw, ty, names, t_skip = load_split(train_csv, frontend.sample_rate, None)
-            vw, vy, _, v_skip = load_split(test_csv, frontend.sample_rate, names)
-            variants = [(task, "multiclass", tw, ty, vw, vy)]
+            tw, ty, names, t_skip, groups = load_split(train_csv, frontend.sample_rate, None)
+            vw, vy, _, v_skip, _ = load_split(test_csv, frontend.sample_rate, names)
+            variants = [(task, "multiclass", tw, ty, vw, vy, groups)]  # a group column: validation by group
             if args.polyphonic:  # mixtures of the same splits' clips: test sources stay out of training
                 mtw, mty = make_mixtures(tw, ty, len(names), len(tw), seed=args.seed)
                 mvw, mvy = make_mixtures(vw, vy, len(names), len(vw), seed=args.seed + 1)
-                variants.append((POLY_PREFIX + task, "multilabel", mtw, mty, mvw, mvy))
-            for name_t, kind, a_w, a_y, b_w, b_y in variants:
+                variants.append((POLY_PREFIX + task, "multilabel", mtw, mty, mvw, mvy, None))
+            for name_t, kind, a_w, a_y, b_w, b_y, var_groups in variants:
+                probe_kwargs["groups"] = var_groups
                 rows = []
                 for name, ex in sources.items():
                     pools = [p for p in poolings if p != "cls" or ex.encoder.cfg.num_extra_tokens > 0]

@@ -96,10 +96,12 @@ def write_manifest(path: str | Path, root: str | Path, entries: Iterable[tuple[s
 
 @dataclass(frozen=True)
 class LabelledItem:
-    """One labelled clip: its absolute path and its class indices (one index for single-label tasks)."""
+    """One labelled clip: its absolute path, its class indices (one index for single-label tasks) and its
+    group (speaker / source / kit; ``""`` when the list names none)."""
 
     path: Path
     labels: tuple[int, ...]
+    group: str = ""
 
 
 @dataclass
@@ -125,6 +127,11 @@ class LabelSet:
         for i, it in enumerate(self.items):
             out[i, list(it.labels)] = 1.0
         return out
+
+    def groups(self) -> list[str] | None:
+        """Every clip's group, or None unless every clip names one (validation is then drawn by group)."""
+        names = [it.group for it in self.items]
+        return names if names and all(names) else None
 
 
 def read_class_csv(path: str | Path) -> tuple[dict[str, int], list[str]]:
@@ -253,7 +260,8 @@ def read_esc50(root: str | Path, folds: Iterable[int] | None = None, audio_dir: 
 def read_path_label_csv(
     path: str | Path, root: str | Path | None = None, class_names: Sequence[str] | None = None
 ) -> LabelSet:
-    """A plain ``path,label`` csv (optional header row ``path,label``), single-label.
+    """A plain ``path,label`` csv (optional header row ``path,label``), single-label. An optional third column
+    ``group`` (header ``path,label,group``) names each clip's speaker / source / kit.
 
     Labels that are all integers are used as indices (classes ``"0".."max"``); otherwise the sorted
     distinct names become the classes. Pass ``class_names`` (e.g. from the training split) to map a
@@ -268,26 +276,26 @@ def read_path_label_csv(
             continue
         if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
             continue
-        if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            raise ManifestError(f"{path}:{lineno}: expected 'path,label', got {','.join(row)!r}")
-        rows.append((lineno, row[0].strip(), row[1].strip()))
+        if len(row) not in (2, 3) or not row[0].strip() or not row[1].strip():
+            raise ManifestError(f"{path}:{lineno}: expected 'path,label' or 'path,label,group', got {','.join(row)!r}")
+        rows.append((lineno, row[0].strip(), row[1].strip(), row[2].strip() if len(row) == 3 else ""))
     if not rows:
         raise ManifestError(f"{path}: no clips listed")
     if class_names is not None:
         names = list(class_names)
         index = {n: i for i, n in enumerate(names)}
-    elif all(label.isdigit() for _, _, label in rows):
-        names = [str(i) for i in range(max(int(label) for _, _, label in rows) + 1)]
+    elif all(label.isdigit() for _, _, label, _ in rows):
+        names = [str(i) for i in range(max(int(label) for _, _, label, _ in rows) + 1)]
         index = {n: i for i, n in enumerate(names)}
     else:
-        names = sorted({label for _, _, label in rows})
+        names = sorted({label for _, _, label, _ in rows})
         index = {n: i for i, n in enumerate(names)}
     items = []
-    for lineno, rel, label in rows:
+    for lineno, rel, label, group in rows:
         key = str(int(label)) if class_names is None and label.isdigit() else label
         if key not in index:
             raise ManifestError(f"{path}:{lineno}: unknown label {label!r} (not among the {len(names)} classes)")
-        items.append(LabelledItem(base / rel, (index[key],)))
+        items.append(LabelledItem(base / rel, (index[key],), group))
     return LabelSet(items, names, multi_label=False)
 
 

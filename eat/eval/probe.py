@@ -14,6 +14,7 @@ pooled log-mel statistics, ...) can be probed the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,12 +125,18 @@ def score(scores: Tensor, y: Tensor, task: str) -> float:
     return accuracy(scores, y) if task == "multiclass" else mean_average_precision(scores, y)
 
 
-def validation_split(y: Tensor, task: str, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+def validation_split(y: Tensor, task: str, fraction: float, seed: int,
+                     groups: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
     """Indices ``(fit, val)`` of a seeded split; multiclass splits are stratified per class.
 
     For multiclass, the first ``round(fraction * n_c)`` clips of every class (in a seeded random order)
-    go to validation, so a class with a single clip stays entirely in the fitting part.
+    go to validation, so a class with a single clip stays entirely in the fitting part. With ``groups``
+    (one name per clip: speaker, source, kit) whole groups go to one side (:func:`group_validation_split`).
     """
+    if groups is not None:
+        if len(groups) != y.shape[0]:
+            raise ValueError(f"{len(groups)} groups for {y.shape[0]} clips")
+        return group_validation_split(groups, fraction, seed)
     n = y.shape[0]
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
@@ -149,15 +156,15 @@ def validation_split(y: Tensor, task: str, fraction: float, seed: int) -> tuple[
 
 def weight_decay_on_validation(
     x: Tensor, y: Tensor, task: str, num_classes: int, weight_decays: tuple[float, ...], val_fraction: float,
-    seed: int, max_iter: int = 1000,
+    seed: int, max_iter: int = 1000, groups: Sequence[str] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The probe's penalty choice: fit on the ``fit`` part of :func:`validation_split` ``(y, task,
     val_fraction, seed)`` with every weight decay, keep the best validation score (ties to the lower
     validation loss). Returns ``(weight decay, {f"{wd:g}": validation score})``; a one-value grid is taken
-    as is (no split, empty scores)."""
+    as is (no split, empty scores). ``groups``: validation by group (see :func:`validation_split`)."""
     if len(weight_decays) == 1:
         return weight_decays[0], {}
-    fit_idx, val_idx = validation_split(y, task, val_fraction, seed)
+    fit_idx, val_idx = validation_split(y, task, val_fraction, seed, groups)
     if len(val_idx) == 0 or len(fit_idx) == 0:
         raise ValueError(f"the training set ({len(y)} clips) is too small for a validation split")
     val_scores: dict[str, float] = {}
@@ -187,6 +194,7 @@ def probe(
     seed: int = 0,
     max_iter: int = 1000,
     device: str | torch.device | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict:
     """Linear probe (and optionally kNN) of frozen features; returns a JSON-ready dict.
 
@@ -195,7 +203,8 @@ def probe(
     set (best validation score, ties to the lower validation loss), then the probe is refitted on all
     training clips. Result keys: ``task``, ``metric`` (``accuracy`` or ``mAP``), ``score`` (test),
     ``weight_decay``, ``val_scores`` (per grid point), ``num_train``, ``num_test``, ``dim``,
-    ``num_classes`` and, with ``knn=K``, ``knn`` = ``{"k": K, "score": ...}``.
+    ``num_classes`` and, with ``knn=K``, ``knn`` = ``{"k": K, "score": ...}``. ``groups`` (one per training
+    clip): the validation split takes whole groups.
     """
     _check_task(task)
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -221,7 +230,7 @@ def probe(
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
 
     best_wd, val_scores = weight_decay_on_validation(tx, ty, task, num_classes, weight_decays, val_fraction, seed,
-                                                     max_iter)
+                                                     max_iter, groups)
     model = fit_linear(tx, ty, task, num_classes, best_wd, max_iter)
     result = {
         "task": task,
@@ -293,3 +302,29 @@ def _check_shapes(tx: Tensor, ty: Tensor, vx: Tensor, vy: Tensor, task: str) -> 
         raise ValueError(f"train and test label matrices have {ty.shape[1]} and {vy.shape[1]} classes")
     if tx.shape[0] == 0 or vx.shape[0] == 0:
         raise ValueError("empty training or test set")
+
+
+def group_validation_split(groups: Sequence[str], fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(fit, val)`` with whole groups (speaker, source, kit) on one side: a seeded random order
+    of the distinct groups, validation taking groups until it holds ``round(fraction * n)`` items or more
+    (at least one group, never every group when there are two or more).
+
+    When the test split holds out groups, a validation split drawn clip by clip shares every group with
+    the fitting part and saturates; drawn by group it asks the same question the test split asks."""
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise ValueError(f"validation by group needs at least two groups, got {len(names)}")
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    want = int(round(fraction * len(groups)))
+    count = {g: 0 for g in names}
+    for g in groups:
+        count[g] += 1
+    val_groups, held = set(), 0
+    for k in order:
+        if val_groups and (held >= want or len(val_groups) == len(names) - 1):
+            break
+        val_groups.add(names[k])
+        held += count[names[k]]
+    in_val = torch.tensor([g in val_groups for g in groups])
+    idx = torch.arange(len(groups))
+    return idx[~in_val], idx[in_val]

@@ -467,7 +467,7 @@ def holdout_split(train_set: LabelSet, fraction: float, seed: int) -> tuple[Labe
     """``(fit, validation, validation indices)``: the probe's stratified :func:`validation_split` of the
     training clips (same labels order and seed, same split)."""
     task = "multilabel" if train_set.multi_label else "multiclass"
-    fit_idx, val_idx = validation_split(train_set.targets(), task, fraction, seed)
+    fit_idx, val_idx = validation_split(train_set.targets(), task, fraction, seed, train_set.groups())
     if len(fit_idx) == 0 or len(val_idx) == 0:
         raise ConfigError(f"data.val_fraction {fraction} leaves no clip on one side of the {len(train_set)} "
                           "training clips")
@@ -499,9 +499,10 @@ def probe_init(classifier: Classifier, cfg: FinetuneConfig, train_set: LabelSet,
                           "not be read; remove them from the training list")
     x = x.double()
     fraction, seed = cfg.data.val_fraction, cfg.train.seed
+    groups = train_set.groups()  # a group column: validation takes whole speakers / sources / kits
     wd, scores = weight_decay_on_validation(x, y, task, train_set.num_classes, tuple(cfg.model.probe_weight_decays),
-                                            fraction, seed)
-    fit_idx = torch.arange(len(y)) if refit else validation_split(y, task, fraction, seed)[0]
+                                            fraction, seed, groups=groups)
+    fit_idx = torch.arange(len(y)) if refit else validation_split(y, task, fraction, seed, groups)[0]
     model = fit_linear(x[fit_idx], y[fit_idx], task, train_set.num_classes, wd)
     classifier.fc_norm.mean.copy_(model.mean)
     classifier.fc_norm.std.copy_(model.std)

@@ -470,7 +470,7 @@ class Trainer:
         h = hashlib.sha256()
         for name, t in sorted(self.module.state_dict().items()):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
         digests = [h.hexdigest()]
         if self.env.distributed:
             gathered: list[Any] = [None] * self.env.world_size
