@@ -30,7 +30,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c $(LOCK) pip setuptools
-	$(PY) -m pip install --quiet --no-build-isolation -c $(LOCK) -e '.[dev,demo,onnx,parity]'
+	$(PY) -m pip install --quiet --no-build-isolation -c $(LOCK) -e '.[dev,demo,onnx,parity,sed,xares]'
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv: eat + dev, demo, onnx, parity extras at the versions in requirements/dev.lock
@@ -51,7 +51,7 @@ test: $(STAMP)  ## run the test suite (CPU, a few minutes)
 test-latest:  ## the suite in a fresh .venv-latest on the newest releases the ranges allow (no lock, no torchaudio)
 	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade pip setuptools
-	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev,demo,onnx]'
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev,demo,onnx,sed]'
 	@$(LATEST_VENV)/bin/python -c 'import numpy, scipy, torch; print(f"test-latest: torch {torch.__version__}, numpy {numpy.__version__}, scipy {scipy.__version__}")'
 	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_SUITE)
 
