@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import procs
 import pytest
 from safetensors.torch import save_file
 from test_bad_inputs import TOOLS, Script, assert_error, run_main
@@ -375,7 +376,6 @@ def test_check_reads_an_official_torch_checkpoint_by_memory_map(tmp_path, capsys
 
 
 def test_make_pretrain_with_weights_that_do_not_fit_is_one_line_without_torchrun(tiny_export, tmp_path):
-    import subprocess
     import sys
 
     from test_bad_inputs import _env
@@ -383,9 +383,9 @@ def test_make_pretrain_with_weights_that_do_not_fit_is_one_line_without_torchrun
     manifest = tmp_path / "m.tsv"
     manifest.write_text("/x\na.wav\t16000\n")
     venv = Path(sys.executable).parent.parent
-    proc = subprocess.run(["make", "-s", "-o", str(venv / ".installed-stamp"), "pretrain", f"VENV={venv}",
+    proc = procs.run(["make", "-s", "-o", str(venv / ".installed-stamp"), "pretrain", f"VENV={venv}",
                            f"INIT={tiny_export}", f"ARGS=data.train_manifest={manifest} train.out_dir={tmp_path / 'r'}"],
-                          capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+                          capture_output=True, text=True, cwd=ROOT, env=_env())
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr + proc.stdout
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
@@ -542,13 +542,12 @@ def test_prepare_esc50_error_is_not_printed_onto_its_progress_line(tmp_path):
         else:
             soundfile.write(root / "audio" / name, np.zeros(1600, np.float32), 16000)
     (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
-    import subprocess
     import sys
 
     from test_bad_inputs import _env
 
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "prepare_esc50.py"), str(root), str(tmp_path / "o")],
-                          capture_output=True, text=True, env=_env(), timeout=120)
+    proc = procs.run([sys.executable, str(ROOT / "tools" / "prepare_esc50.py"), str(root), str(tmp_path / "o")],
+                          capture_output=True, text=True, env=_env())
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     line = next(ln for ln in proc.stderr.split("\n") if "error:" in ln)
     shown = line.rsplit("\r", 1)[-1]  # what a terminal shows: the text after the last carriage return

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gc"
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, start_new_session=True)
+    r = procs.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, env=env, start_new_session=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     result = json.loads((out / "gpu_check.json").read_text())
     assert result["dry_run"] is True
@@ -30,7 +30,7 @@ def test_gpu_check_dry_run(tmp_path):
 
 def test_gpu_check_help_and_bad_option():
     script = str(ROOT / "tools" / "gpu_check.sh")
-    r = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=60)
+    r = procs.run(["bash", script, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--dry-run" in r.stdout and "15-min budget" in r.stdout
-    r = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, timeout=60)
+    r = procs.run(["bash", script, "--bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: unknown option --bogus")

@@ -8,6 +8,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -354,7 +355,6 @@ def test_stage2_recipe_on_a_folder_of_audio_from_an_official_checkpoint(tmp_path
     process: prepare the folder, continue the official weights with mixtures, log the retention loss."""
     import json
     import os
-    import subprocess
     import sys
 
     official = tmp_path / "eat_tiny_pt.pt"
@@ -364,7 +364,7 @@ def test_stage2_recipe_on_a_folder_of_audio_from_an_official_checkpoint(tmp_path
     cmd = [sys.executable, str(ROOT / "recipes" / "pretrain_as2m.py"), "--config", str(STAGE2_CPU), "--data-dir",
            str(audio), f"model.init={official}", *FIXTURE_ARCH, f"train.out_dir={out}", "train.max_steps=2",
            "train.log_every=1", "data.num_workers=0", "data.batch_size=3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = procs.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "mixture with its neighbour" in proc.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -4,11 +4,11 @@ clips of different classes, multi-hot labels, mAP."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import soundfile
 import torch
@@ -76,7 +76,7 @@ def test_probe_protocol_tool_adds_the_polyphonic_task(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "probe_protocol.py"), "--encoder", f"pre={tmp_path / 'enc'}",
            "--task-dir", str(task), "--layers=-1", "--pooling", "mean,meanstd", "--polyphonic", "--json", str(out),
            "--weight-decays", "1e-3"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = procs.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "poly-tones: 4 classes, 24 train / 12 test mixtures of 2-3 clips, test mAP" in res.stdout
     data = json.loads(out.read_text())["tasks"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 
@@ -96,11 +96,8 @@ def test_op_recorder_bytes_of_a_matmul():
 
 @pytest.mark.slow
 def test_tool_memory_and_speed_tiny(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import predict_gpu
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
+    from eat.apps import predict_gpu
+
     for kind, extra in (("memory", ["--world", "2"]), ("speed", ["--no-calibrate"])):
         out = tmp_path / f"{kind}.json"
         predict_gpu.main([kind, "--preset", "tiny", "--batch", "1", "--json", str(out), *extra])
@@ -108,6 +105,6 @@ def test_tool_memory_and_speed_tiny(tmp_path, capsys):
         assert data["kind"] == kind and data["rows"]
     printed = capsys.readouterr().out
     assert "largest batch in 80 GiB" in printed and "| H100 SXM | 1 x 4 |" in printed
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "predict_gpu.py"), "speed", "--help"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = procs.run([sys.executable, str(ROOT / "tools" / "predict_gpu.py"), "speed", "--help"],
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and "--launch-us" in r.stdout
