@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(export, name)
     if name == "load_detector":
-        from eat import detect
+        from eat import detect  # lazy, as above
 
         return detect.load_detector
     raise AttributeError(f"module 'eat' has no attribute {name!r}")
