@@ -16,11 +16,11 @@ from test_parity_official import official_checkpoint
 
 import eat
 from eat.audio.fbank import FrontendConfig
+from eat.checkpoint_export import export_official
 from eat.config import ConfigError, load_config
 from eat.data import MaskConfig, PretrainDataset
 from eat.data.loaders import collate
 from eat.data.synthetic import make_unlabelled_corpus
-from eat.export import export_official
 from eat.model.convert import convert_checkpoint, encoder_key_map
 from eat.model.eat import EATModel, eat_config
 from eat.model.mixing import (
