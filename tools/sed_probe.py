@@ -19,10 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
+from eat.apps.probe_protocol import initial_weights
 from eat.cli import UsageError, cli_main
 from eat.data.strong_labels import read_groups, read_strong_tsv
 from eat.eval.frame_probe import column_features, frame_probe
-from eat.eval.protocol import initial_weights
 from eat.export import load_encoder
 from eat.model.pooling import parse_layers
 from eat.model.sed import column_geometry

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from eat.data.real_benchmark import (
+from eat.apps.real_benchmark import (
     SAMPLE_RATE,
     SOUNDFONTS,
     VOICES,
