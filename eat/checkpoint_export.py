@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from eat.audio.fbank import NORM_PRESETS, FrontendConfig
-from eat.config import ConfigError, from_dict, to_dict
+from eat.config import ConfigError, from_dict, read_yaml_mapping, to_dict
 from eat.export import ExportError, is_export_dir, save_export
 from eat.model.classifier import ClassifierConfig, head_spec
 from eat.model.convert import ConversionError, load_official
@@ -154,14 +153,9 @@ def _read_run_config(step: Path) -> dict:
     if path is None:
         raise ExportError(f"{step}: no config.yaml (in the checkpoint or its run directory); cannot tell the "
                           "encoder's shape")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ExportError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except UnicodeDecodeError as e:
-        raise ExportError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not isinstance(cfg, dict):
-        raise ExportError(f"{path}: top level must be a mapping")
+    cfg = read_yaml_mapping(path, ExportError, "YAML config")
+    if cfg is None:
+        raise ExportError(f"{path}: empty; cannot tell the encoder's shape")
     return cfg
 
 

@@ -9,6 +9,7 @@ the resolved config can be saved next to a run and read back.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -59,21 +60,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"{path}: is a folder, not a YAML config file")
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        data = loaded or {}
+        data = read_yaml_mapping(path, ConfigError, "YAML config") or {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -113,11 +102,22 @@ def read_text(path: str | Path, error: type[Exception] = ConfigError, what: str 
         raise error(f"{path}: cannot read ({e.strerror or e})") from None
 
 
+def read_yaml_mapping(path: str | Path, error: type[Exception] = ConfigError, what: str = "YAML") -> dict | None:
+    """Parse the YAML file ``path`` whose top level must be a mapping (``None`` for an empty file); every
+    failure (those of :func:`read_text`, not valid YAML, another top level) is one ``error`` naming the file."""
+    text = read_text(path, error, what)
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise error(f"{path}: top level must be a mapping")
+    return loaded
+
+
 def read_json(path: str | Path, error: type[Exception] = ConfigError, what: str = "JSON") -> Any:
     """Parse the JSON file ``path``; every failure (those of :func:`read_text`, not valid JSON) is one
     ``error`` naming the file."""
-    import json
-
     text = read_text(path, error, what)
     try:
         return json.loads(text)
